@@ -1,0 +1,92 @@
+import { existsSync } from 'node:fs';
+import pkcs11js from 'pkcs11js';
+import type * as P11 from 'pkcs11js';
+import { HsmError, ckrName, ckrOf } from './errors.js';
+
+/** Where Debian, Ubuntu, Fedora, Alpine and Homebrew put SoftHSM2. */
+export const SOFTHSM_CANDIDATES = [
+  '/usr/lib/softhsm/libsofthsm2.so',
+  '/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so',
+  '/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so',
+  '/usr/lib64/pkcs11/libsofthsm2.so',
+  '/usr/lib/pkcs11/libsofthsm2.so',
+  '/usr/local/lib/softhsm/libsofthsm2.so',
+  '/opt/homebrew/lib/softhsm/libsofthsm2.so',
+];
+
+/** The first SoftHSM2 library found on this machine, or undefined. */
+export function findSoftHsmModule(candidates: readonly string[] = SOFTHSM_CANDIDATES): string | undefined {
+  return candidates.find((path) => existsSync(path));
+}
+
+export interface LoadedModule {
+  readonly pkcs11: P11.PKCS11;
+  readonly path: string;
+  /** Drop this holder's reference; the last one finalises the library. */
+  release(): void;
+}
+
+interface Entry {
+  pkcs11: P11.PKCS11;
+  refs: number;
+}
+
+/*
+ * Cryptoki state is per process, not per handle: a second C_Initialize of the same library
+ * answers CKR_CRYPTOKI_ALREADY_INITIALIZED and one C_Finalize ends it for everyone. So loaded
+ * modules are reference-counted here, and only the last release finalises.
+ */
+const loaded = new Map<string, Entry>();
+
+/**
+ * Load and initialise a PKCS#11 library with CKF_OS_LOCKING_OK. Without that flag, concurrent
+ * operations from libuv's thread pool hung SoftHSM (measured on these machines).
+ */
+export function loadModule(path: string, libraryParameters?: string): LoadedModule {
+  let entry = loaded.get(path);
+  if (!entry) {
+    const pkcs11 = new pkcs11js.PKCS11();
+    try {
+      pkcs11.load(path);
+    } catch (err) {
+      throw new HsmError('HSM_ERR_MODULE', `cannot load PKCS#11 module ${path}`, { cause: err });
+    }
+    try {
+      pkcs11.C_Initialize(
+        libraryParameters === undefined
+          ? { flags: pkcs11js.CKF_OS_LOCKING_OK }
+          : { flags: pkcs11js.CKF_OS_LOCKING_OK, libraryParameters },
+      );
+    } catch (err) {
+      const code = ckrOf(err);
+      if (code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+        pkcs11.close();
+        throw new HsmError('HSM_ERR_MODULE', `C_Initialize failed for ${path}`, {
+          cause: err,
+          ckr: code === undefined ? undefined : ckrName(code),
+        });
+      }
+    }
+    entry = { pkcs11, refs: 0 };
+    loaded.set(path, entry);
+  }
+  entry.refs += 1;
+  const held = entry;
+  let released = false;
+  return {
+    pkcs11: held.pkcs11,
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      held.refs -= 1;
+      if (held.refs > 0) return;
+      loaded.delete(path);
+      try {
+        held.pkcs11.C_Finalize();
+      } finally {
+        held.pkcs11.close();
+      }
+    },
+  };
+}

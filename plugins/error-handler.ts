@@ -1,0 +1,61 @@
+import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import fp from 'fastify-plugin';
+import { HsmError } from '../hsm/index.js';
+import { DatabaseUnavailableError } from '../src/db/unavailable.js';
+import { AppError, ERROR_CODE_HEADER, type ErrorCode } from '../src/errors.js';
+
+/** How long a client should wait before retrying a 503. */
+const RETRY_AFTER_SECONDS = '5';
+
+/** Fastify's own request errors, by code (never by message). */
+const fastifyCodes: Record<string, ErrorCode> = {
+  FST_ERR_CTP_BODY_TOO_LARGE: 'REQ_ERR_BODY_TOO_LARGE',
+  FST_ERR_CTP_INVALID_MEDIA_TYPE: 'REQ_ERR_UNSUPPORTED_MEDIA_TYPE',
+  FST_ERR_CTP_INVALID_CONTENT_LENGTH: 'REQ_ERR_BAD_REQUEST',
+  FST_ERR_CTP_EMPTY_JSON_BODY: 'REQ_ERR_MALFORMED_JSON',
+  FST_ERR_CTP_INVALID_JSON_BODY: 'REQ_ERR_MALFORMED_JSON',
+  FST_ERR_BAD_URL: 'REQ_ERR_BAD_REQUEST',
+  FST_ERR_ASYNC_CONSTRAINT: 'REQ_ERR_BAD_REQUEST',
+};
+
+/** Translate anything thrown into a catalogue error. Unknown errors become a bare 500. */
+export function toAppError(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  if (err instanceof DatabaseUnavailableError) {
+    return new AppError('DB_ERR_UNAVAILABLE', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
+  }
+  if (err instanceof HsmError && err.code === 'HSM_ERR_UNAVAILABLE') {
+    return new AppError('HSM_ERR_UNAVAILABLE', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
+  }
+  const code = (err as FastifyError | undefined)?.code;
+  if (typeof code === 'string' && fastifyCodes[code]) return new AppError(fastifyCodes[code], { cause: err });
+  const status = (err as FastifyError | undefined)?.statusCode;
+  if ((err as FastifyError | undefined)?.validation || (typeof status === 'number' && status >= 400 && status < 500)) {
+    return new AppError('REQ_ERR_BAD_REQUEST', { cause: err });
+  }
+  return new AppError('INTERNAL_ERROR', { cause: err });
+}
+
+function send(reply: FastifyReply, error: AppError): FastifyReply {
+  return reply
+    .code(error.status)
+    .headers({ ...error.headers, [ERROR_CODE_HEADER]: error.code })
+    .type('application/json; charset=utf-8')
+    .send({ message: error.message, status: error.status });
+}
+
+/**
+ * One place maps errors to HTTP: body `{"message","status"}` (the LKM contract), the stable
+ * code in a header, no internals in any 5xx. The full error goes to the server log.
+ */
+async function errorHandler(app: FastifyInstance): Promise<void> {
+  app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
+    const error = toAppError(err);
+    if (error.status >= 500) request.log.error({ err, code: error.code }, 'request failed');
+    else request.log.info({ code: error.code, detail: error.detail }, 'request refused');
+    return send(reply, error);
+  });
+  app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => send(reply, new AppError('REQ_ERR_NOT_FOUND')));
+}
+
+export default fp(errorHandler, { name: 'error-handler', fastify: '5.x' });

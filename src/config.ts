@@ -1,0 +1,251 @@
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { createSecureContext } from 'node:tls';
+import { z } from 'zod';
+import { SOFTHSM_CANDIDATES, findSoftHsmModule } from '../hsm/index.js';
+import { Secret } from './secret.js';
+
+/**
+ * The environment strongroom reads, as one schema. Names are a contract (scripts, README).
+ * Every field-level rule lives here; rules that span fields or read files follow in `loadConfig`.
+ */
+export const envSchema = z.object({
+  PORT: z.coerce.number().int().min(0).max(65535).default(8080),
+  HOST: z.string().default('127.0.0.1'),
+  PUBLIC_URL: z
+    .url({ protocol: /^https?$/, error: 'must be an http:// or https:// URL' })
+    .optional(),
+  TRUST_PROXY: z.string().optional(),
+  DATABASE_URL: z
+    .string()
+    .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL')
+    .optional(),
+  DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(100).default(10),
+  DATA_DIR: z.string().default('var/data'),
+  PKCS11_MODULE: z.string().optional(),
+  PKCS11_TOKEN_LABEL: z.string().min(1).max(32, 'a PKCS#11 token label has at most 32 characters').default('strongroom'),
+  PKCS11_PIN: z.string().optional(),
+  PKCS11_PIN_FILE: z.string().optional(),
+  PKCS11_SESSIONS: z.coerce.number().int().min(1).max(64).default(4),
+  ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
+  ADMIN_TOKEN_FILE: z.string().optional(),
+  TLS_CERT: z.string().optional(),
+  TLS_KEY: z.string().optional(),
+  TLS_PFX: z.string().optional(),
+  TLS_PFX_PASSPHRASE: z.string().optional(),
+  BODY_LIMIT: z.coerce.number().int().min(1024).max(1048576).default(16384),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+});
+
+export type Env = z.infer<typeof envSchema>;
+export type EnvName = keyof Env;
+
+export type TlsConfig =
+  | { kind: 'pem'; cert: Buffer; key: Buffer }
+  | { kind: 'pfx'; pfx: Buffer; passphrase: Secret | undefined };
+
+export type DatabaseConfig =
+  | { kind: 'postgres'; url: Secret; poolSize: number }
+  | { kind: 'embedded'; dataDir: string };
+
+export interface Config {
+  server: {
+    port: number;
+    host: string;
+    /** Host and port clients sign with Hawk when a proxy sits in front (from PUBLIC_URL). */
+    publicUrl: { url: string; host: string; port: number } | undefined;
+    trustProxy: boolean | number | string[];
+    bodyLimit: number;
+  };
+  tls: TlsConfig | undefined;
+  database: DatabaseConfig;
+  dataDir: string;
+  pkcs11: { modulePath: string; tokenLabel: string; pin: Secret; sessions: number };
+  adminToken: Secret | undefined;
+  logLevel: Env['LOG_LEVEL'];
+}
+
+/** Every problem found in the configuration, one line each. */
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+
+  constructor(problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+const NAMES = Object.keys(envSchema.shape) as EnvName[];
+
+/** Only our variables, with empty strings treated as unset (as docker-compose and systemd write them). */
+function pick(env: Record<string, string | undefined>): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of NAMES) {
+    const value = env[name];
+    if (value !== undefined && value !== '') out[name] = value;
+  }
+  return out;
+}
+
+/** A secret file holds the value; one trailing newline (as `echo` writes) is not part of it. */
+function readSecretFile(path: string): string {
+  return readFileSync(path, 'utf8').replace(/\r?\n$/, '');
+}
+
+function parseTrustProxy(value: string | undefined): boolean | number | string[] {
+  if (value === undefined || value === 'false') return false;
+  if (value === 'true') return true;
+  if (/^\d+$/.test(value)) return Number(value);
+  return value.split(',').map((s) => s.trim()).filter(Boolean);
+}
+
+/**
+ * Validate `env` once and return a frozen Config, or throw ConfigError listing every problem.
+ * Nothing else in strongroom reads process.env.
+ */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const raw = pick(env);
+  const problems: string[] = [];
+  const parsed = envSchema.safeParse(raw);
+  if (!parsed.success) {
+    for (const issue of parsed.error.issues) problems.push(`${issue.path.join('.')}: ${issue.message}`);
+  }
+
+  const readFile = (name: EnvName, secret: boolean): string | Buffer | undefined => {
+    const path = raw[name];
+    if (path === undefined) return undefined;
+    try {
+      return secret ? readSecretFile(path) : readFileSync(path);
+    } catch (err) {
+      problems.push(`${name}: cannot read ${path} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      return undefined;
+    }
+  };
+
+  const oneOf = (direct: EnvName, file: EnvName, required: boolean): string | undefined => {
+    if (raw[direct] !== undefined && raw[file] !== undefined) {
+      problems.push(`${direct} and ${file} are both set; set only one`);
+      return undefined;
+    }
+    if (raw[direct] !== undefined) return raw[direct];
+    if (raw[file] !== undefined) {
+      const value = readFile(file, true) as string | undefined;
+      if (value === '') problems.push(`${file}: ${raw[file]} is empty`);
+      return value || undefined;
+    }
+    if (required) problems.push(`${direct} or ${file} is required`);
+    return undefined;
+  };
+
+  const pin = oneOf('PKCS11_PIN', 'PKCS11_PIN_FILE', true);
+  const adminToken = oneOf('ADMIN_TOKEN', 'ADMIN_TOKEN_FILE', false);
+  if (raw.ADMIN_TOKEN_FILE !== undefined && adminToken !== undefined && adminToken.length < 32) {
+    problems.push('ADMIN_TOKEN_FILE: the token must be at least 32 characters');
+  }
+
+  let modulePath = raw.PKCS11_MODULE;
+  if (modulePath === undefined) {
+    modulePath = findSoftHsmModule();
+    if (modulePath === undefined) {
+      problems.push(`PKCS11_MODULE: not set, and no SoftHSM2 library in ${SOFTHSM_CANDIDATES.join(', ')}`);
+    }
+  } else {
+    readFile('PKCS11_MODULE', false);
+  }
+
+  const tls = loadTls(raw, problems, readFile);
+
+  if (problems.length > 0 || !parsed.success) throw new ConfigError(problems);
+  const e = parsed.data;
+
+  let publicUrl: Config['server']['publicUrl'];
+  if (e.PUBLIC_URL !== undefined) {
+    const url = new URL(e.PUBLIC_URL);
+    publicUrl = {
+      url: url.origin,
+      host: url.hostname.toLowerCase(),
+      port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port),
+    };
+  }
+
+  const config: Config = {
+    server: {
+      port: e.PORT,
+      host: e.HOST,
+      publicUrl,
+      trustProxy: parseTrustProxy(e.TRUST_PROXY),
+      bodyLimit: e.BODY_LIMIT,
+    },
+    tls,
+    database:
+      e.DATABASE_URL === undefined
+        ? { kind: 'embedded', dataDir: resolve(e.DATA_DIR, 'db') }
+        : { kind: 'postgres', url: new Secret(e.DATABASE_URL), poolSize: e.DATABASE_POOL_SIZE },
+    dataDir: resolve(e.DATA_DIR),
+    pkcs11: {
+      modulePath: modulePath as string,
+      tokenLabel: e.PKCS11_TOKEN_LABEL,
+      pin: new Secret(pin as string),
+      sessions: e.PKCS11_SESSIONS,
+    },
+    adminToken: adminToken === undefined ? undefined : new Secret(adminToken),
+    logLevel: e.LOG_LEVEL,
+  };
+  return deepFreeze(config);
+}
+
+function loadTls(
+  raw: Record<string, string>,
+  problems: string[],
+  readFile: (name: EnvName, secret: boolean) => string | Buffer | undefined,
+): TlsConfig | undefined {
+  const pem = raw.TLS_CERT !== undefined || raw.TLS_KEY !== undefined;
+  const pfx = raw.TLS_PFX !== undefined;
+  if (pem && pfx) {
+    problems.push('TLS_CERT/TLS_KEY and TLS_PFX are both set; choose PEM files or one PKCS#12 file');
+    return undefined;
+  }
+  if (raw.TLS_PFX_PASSPHRASE !== undefined && !pfx) problems.push('TLS_PFX_PASSPHRASE is set without TLS_PFX');
+  if (pem) {
+    if (raw.TLS_CERT === undefined) problems.push('TLS_KEY is set without TLS_CERT');
+    if (raw.TLS_KEY === undefined) problems.push('TLS_CERT is set without TLS_KEY');
+    const cert = readFile('TLS_CERT', false) as Buffer | undefined;
+    const key = readFile('TLS_KEY', false) as Buffer | undefined;
+    if (!cert || !key) return undefined;
+    try {
+      createSecureContext({ cert, key });
+    } catch (err) {
+      problems.push(`TLS_CERT/TLS_KEY: not a usable certificate and matching private key (${describe(err)})`);
+      return undefined;
+    }
+    return { kind: 'pem', cert, key };
+  }
+  if (pfx) {
+    const file = readFile('TLS_PFX', false) as Buffer | undefined;
+    if (!file) return undefined;
+    const passphrase = raw.TLS_PFX_PASSPHRASE;
+    try {
+      createSecureContext(passphrase === undefined ? { pfx: file } : { pfx: file, passphrase });
+    } catch (err) {
+      problems.push(`TLS_PFX: cannot open the PKCS#12 file (${describe(err)}); check TLS_PFX_PASSPHRASE`);
+      return undefined;
+    }
+    return { kind: 'pfx', pfx: file, passphrase: passphrase === undefined ? undefined : new Secret(passphrase) };
+  }
+  return undefined;
+}
+
+/** OpenSSL's reason without anything that could echo input back. */
+function describe(err: unknown): string {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' ? code : 'unreadable';
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Buffer.isBuffer(value) && !(value instanceof Secret)) {
+    for (const v of Object.values(value)) deepFreeze(v);
+    Object.freeze(value);
+  }
+  return value;
+}

@@ -1,0 +1,78 @@
+/**
+ * The error catalogue: every error a caller can see, with a stable code, its HTTP status and
+ * its public message. One handler (plugins/error-handler.ts) turns these into responses.
+ * Reference messages of the Local Key Manager contract are kept verbatim.
+ */
+export const catalogue = {
+  // Hawk: one answer for every failure (unknown id, bad MAC, replay, bad header), so ids cannot be probed.
+  HAWK_ERR_UNAUTHORIZED: { status: 401, message: 'Hawk authentication failed' },
+  HAWK_ERR_STALE_TIMESTAMP: { status: 401, message: 'Stale timestamp' },
+
+  ADMIN_ERR_UNAUTHORIZED: { status: 401, message: 'A valid admin bearer token is required' },
+  ADMIN_ERR_DISABLED: {
+    status: 403,
+    message:
+      'Credential registration over HTTP is disabled because ADMIN_TOKEN is not configured; ' +
+      'run `strongroom auth register <id>` on the server instead',
+  },
+
+  AUTH_ERR_INVALID_ID: {
+    status: 400,
+    message: 'id must be 6 to 128 printable ASCII characters, without spaces, quotes or backslashes',
+  },
+  AUTH_ERR_DUPLICATE_ID: { status: 400, message: 'A credential with this id already exists' },
+
+  KEY_ERR_NOT_FOUND: { status: 400, message: 'No key pair found with the id provided' },
+  KEY_ERR_KEYPAIR_NOT_FOUND: { status: 404, message: 'No key pair found with the id provided' },
+  KEY_ERR_DECRYPT_FIELDS: { status: 400, message: 'Decrypt body and keypairId must be filled out' },
+  KEY_ERR_INVALID_KEYPAIR_ID: { status: 400, message: 'keypairId must be a UUID' },
+  KEY_ERR_DECRYPT_TYPE: { status: 400, message: 'If provided, decryptType must be either "pkcs1" or null' },
+  KEY_ERR_BODY_NOT_BASE64: { status: 400, message: 'Decrypt body must be standard base64' },
+  KEY_ERR_CIPHERTEXT_LENGTH: { status: 400, message: 'Decrypt body has the wrong length for this key pair' },
+  // Every token refusal (padding, wrong key, value out of range) maps here: no padding oracle.
+  KEY_ERR_DECRYPT_FAILED: { status: 400, message: 'Decryption failed' },
+
+  REQ_ERR_MALFORMED_JSON: { status: 400, message: 'Request body is not valid JSON' },
+  REQ_ERR_BODY_NOT_OBJECT: { status: 400, message: 'Request body must be a JSON object' },
+  REQ_ERR_BAD_QUERY: { status: 400, message: 'Invalid query parameter' },
+  REQ_ERR_NOT_FOUND: { status: 404, message: 'Not Found' },
+  REQ_ERR_BODY_TOO_LARGE: { status: 413, message: 'Request body is too large' },
+  REQ_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'Content-Type must be application/json' },
+  REQ_ERR_BAD_REQUEST: { status: 400, message: 'Bad request' },
+
+  HSM_ERR_UNAVAILABLE: { status: 503, message: 'The key store is temporarily unavailable' },
+  DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },
+  INTERNAL_ERROR: { status: 500, message: 'Internal Server Error' },
+} as const satisfies Record<string, { status: number; message: string }>;
+
+export type ErrorCode = keyof typeof catalogue;
+
+export interface AppErrorOptions {
+  /** Replaces the catalogue message (same code, same status), e.g. to name a parameter. */
+  message?: string;
+  /** Extra response headers (WWW-Authenticate, Retry-After). */
+  headers?: Record<string, string>;
+  /** For the server log only: why, in words safe to log (never secrets, never request bodies). */
+  detail?: string;
+  cause?: unknown;
+}
+
+/** An error a caller may see: status and message come from the catalogue. */
+export class AppError extends Error {
+  readonly code: ErrorCode;
+  readonly status: number;
+  readonly headers: Readonly<Record<string, string>>;
+  readonly detail: string | undefined;
+
+  constructor(code: ErrorCode, options: AppErrorOptions = {}) {
+    super(options.message ?? catalogue[code].message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'AppError';
+    this.code = code;
+    this.status = catalogue[code].status;
+    this.headers = options.headers ?? {};
+    this.detail = options.detail;
+  }
+}
+
+/** Response header carrying the stable code, for operators and clients that want more than the status. */
+export const ERROR_CODE_HEADER = 'strongroom-error-code';
