@@ -45,6 +45,8 @@ const MIN_IMPORT_BITS = 2048;
 const SEAL_VERSION = 0x01;
 const GCM_IV_BYTES = 12;
 const GCM_TAG_BYTES = 16;
+/** How long close() waits for running operations before giving up on finalising the module. */
+const CLOSE_TIMEOUT_MS = 10_000;
 
 // PKCS#11 session states (v2.40 §5.6); pkcs11js does not export CKS_*.
 const CKS_RO_USER_FUNCTIONS = 1;
@@ -105,6 +107,7 @@ function findSlot(pkcs11: P11.PKCS11, label: string): Handle {
 /** Open the token, log in and fill the session pool. */
 export async function openPkcs11KeyStore(options: Pkcs11KeyStoreOptions): Promise<Pkcs11KeyStore> {
   const module = loadModule(options.modulePath, options.libraryParameters);
+  let store: Pkcs11KeyStore | undefined;
   try {
     const slot = findSlot(module.pkcs11, options.tokenLabel);
     const info = module.pkcs11.C_GetTokenInfo(slot);
@@ -121,11 +124,13 @@ export async function openPkcs11KeyStore(options: Pkcs11KeyStoreOptions): Promis
       manufacturer: info.manufacturerID.trim(),
       model: info.model.trim(),
     };
-    const store = new Pkcs11KeyStore(module, slot, token, options);
+    store = new Pkcs11KeyStore(module, slot, token, options);
     store.start();
     return store;
   } catch (err) {
-    module.release();
+    // The store owns the module once it exists: closing it closes any session already opened.
+    if (store) await store.close();
+    else module.release();
     throw err;
   }
 }
@@ -433,6 +438,7 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async sealSecret(plaintext: Buffer, context: string): Promise<Buffer> {
+    if (plaintext.length === 0) throw new HsmError('HSM_ERR_INPUT', 'cannot seal an empty secret');
     const key = await this.#secrets();
     const iv = randomBytes(GCM_IV_BYTES);
     const ciphertext = await this.#run('HSM_ERR_INTERNAL', 'cannot seal the secret', async (s) => {
@@ -466,9 +472,18 @@ export class Pkcs11KeyStore implements KeyStore {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#pool.close();
     this.#keys.clear();
-    this.#module.release();
+    let timer: NodeJS.Timeout | undefined;
+    const drained = await Promise.race([
+      this.#pool.close().then(() => true),
+      new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), CLOSE_TIMEOUT_MS);
+      }),
+    ]);
+    clearTimeout(timer);
+    // Finalising the module under an operation still running on the thread pool crashes the
+    // process; if one never returns, leave the module loaded rather than finalise it.
+    if (drained) this.#module.release();
   }
 }
 

@@ -18,8 +18,10 @@ export class SessionPool<S> {
   readonly #idle: S[] = [];
   readonly #waiters: Array<{ resolve: (s: S) => void; reject: (e: unknown) => void }> = [];
   #open = 0;
+  #inUse = 0;
   #replaced = 0;
   #closed = false;
+  #drained: (() => void) | undefined;
 
   constructor(factory: SessionFactory<S>, size: number) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError('session pool size must be a positive integer');
@@ -52,6 +54,7 @@ export class SessionPool<S> {
    */
   async use<T>(fn: (session: S) => Promise<T> | T): Promise<T> {
     const session = await this.#acquire();
+    this.#inUse += 1;
     let result: T;
     try {
       result = await fn(session);
@@ -63,8 +66,12 @@ export class SessionPool<S> {
     return result;
   }
 
-  /** Close every session; pending and later `use` calls fail. */
-  close(): void {
+  /**
+   * Close every session; pending and later `use` calls fail. Resolves once the operations still
+   * running have returned their sessions and those are closed too: the module must not be
+   * finalised under an operation running on libuv's thread pool.
+   */
+  close(): Promise<void> {
     this.#closed = true;
     for (const waiter of this.#waiters.splice(0)) {
       waiter.reject(new HsmError('HSM_ERR_UNAVAILABLE', 'key store is closed'));
@@ -73,6 +80,15 @@ export class SessionPool<S> {
       this.#factory.close(session);
       this.#open -= 1;
     }
+    if (this.#inUse === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#drained = resolve;
+    });
+  }
+
+  #settled(): void {
+    this.#inUse -= 1;
+    if (this.#closed && this.#inUse === 0) this.#drained?.();
   }
 
   #openOne(): S {
@@ -100,6 +116,12 @@ export class SessionPool<S> {
   }
 
   #release(session: S): void {
+    this.#settled();
+    this.#handOver(session);
+  }
+
+  /** Give a free session to the next waiter, or keep it idle (or close it once the pool is closed). */
+  #handOver(session: S): void {
     if (this.#closed) {
       this.#factory.close(session);
       this.#open -= 1;
@@ -110,7 +132,18 @@ export class SessionPool<S> {
     else this.#idle.push(session);
   }
 
+  /** A session is gone for good: let waiters open their own, one at a time until one succeeds. */
+  #wakeWaiter(): void {
+    const waiter = this.#waiters.shift();
+    if (!waiter) return;
+    this.#acquire().then(waiter.resolve, (err) => {
+      waiter.reject(err);
+      this.#wakeWaiter();
+    });
+  }
+
   #discard(session: S): void {
+    this.#settled();
     this.#replaced += 1;
     // Open the replacement before closing the broken session: closing a token's last session
     // logs the application out (PKCS#11 v2.40 §5.6).
@@ -125,11 +158,10 @@ export class SessionPool<S> {
     this.#factory.close(session);
     if (replacement === undefined) {
       this.#open -= 1;
-      // A waiter would otherwise wait for a session that no longer exists: let it try to open one.
-      const waiter = this.#waiters.shift();
-      if (waiter) this.#acquire().then(waiter.resolve, waiter.reject);
+      // Waiters would otherwise wait for a session that no longer exists.
+      this.#wakeWaiter();
       return;
     }
-    this.#release(replacement);
+    this.#handOver(replacement);
   }
 }

@@ -20,7 +20,8 @@ async function adminAuth(app: FastifyInstance, opts: AdminAuthOptions): Promise<
 
   app.addHook('onRequest', async (request) => {
     if (expected === undefined) throw new AppError('ADMIN_ERR_DISABLED', { detail: 'ADMIN_TOKEN is not configured' });
-    const match = /^Bearer ([\x21-\x7e]+)$/.exec(request.headers.authorization ?? '');
+    // The scheme name is case-insensitive (RFC 7235 §2.1); the token is not.
+    const match = /^Bearer ([\x21-\x7e]+)$/i.exec(request.headers.authorization ?? '');
     if (!match || !timingSafeEqual(digest(match[1] as string), expected)) {
       throw new AppError('ADMIN_ERR_UNAUTHORIZED', {
         headers: { 'www-authenticate': 'Bearer' },

@@ -11,12 +11,14 @@ declare module 'fastify' {
 
 /**
  * JSON bodies are read as text, kept for payload verification, then parsed with Fastify's own
- * hardened parser (prototype-poisoning keys refused). An empty body is no body.
+ * hardened parser (prototype-poisoning keys refused). An empty body is no body. No other
+ * content type is accepted.
  */
 async function rawJson(app: FastifyInstance): Promise<void> {
   const parse = app.getDefaultJsonParser('error', 'error');
   app.decorateRequest('rawBody', undefined);
-  app.removeContentTypeParser('application/json');
+  // JSON only: any other content type (text/plain included) is 415 Unsupported Media Type.
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request: FastifyRequest, body, done) => {
     const text = body as string;
     request.rawBody = text;

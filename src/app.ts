@@ -65,8 +65,8 @@ function loggerOptions(config: Config, stream: Writable | undefined): FastifySer
 function httpsOptions(tls: TlsConfig | undefined): SecureContextOptions | undefined {
   if (!tls) return undefined;
   const base: SecureContextOptions = { minVersion: 'TLSv1.2' };
-  if (tls.kind === 'pem') return { ...base, cert: tls.cert, key: tls.key };
-  return { ...base, pfx: tls.pfx, ...(tls.passphrase && { passphrase: tls.passphrase.reveal() }) };
+  if (tls.kind === 'pem') return { ...base, cert: tls.cert, key: tls.key.reveal() };
+  return { ...base, pfx: tls.pfx.reveal(), ...(tls.passphrase && { passphrase: tls.passphrase.reveal() }) };
 }
 
 /**

@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
+import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { z } from 'zod';
 import { SOFTHSM_CANDIDATES, findSoftHsmModule } from '../hsm/index.js';
@@ -41,8 +42,8 @@ export type Env = z.infer<typeof envSchema>;
 export type EnvName = keyof Env;
 
 export type TlsConfig =
-  | { kind: 'pem'; cert: Buffer; key: Buffer }
-  | { kind: 'pfx'; pfx: Buffer; passphrase: Secret | undefined };
+  | { kind: 'pem'; cert: Buffer; key: Secret<Buffer> }
+  | { kind: 'pfx'; pfx: Secret<Buffer>; passphrase: Secret | undefined };
 
 export type DatabaseConfig =
   | { kind: 'postgres'; url: Secret; poolSize: number }
@@ -215,11 +216,14 @@ function loadTls(
     if (!cert || !key) return undefined;
     try {
       createSecureContext({ cert, key });
+      // OpenSSL only notices a mismatch between keys of one algorithm; an RSA key with an EC
+      // certificate would pass and then fail every handshake.
+      if (!new X509Certificate(cert).checkPrivateKey(createPrivateKey(key))) throw Object.assign(new Error(), { code: 'KEY_MISMATCH' });
     } catch (err) {
       problems.push(`TLS_CERT/TLS_KEY: not a usable certificate and matching private key (${describe(err)})`);
       return undefined;
     }
-    return { kind: 'pem', cert, key };
+    return { kind: 'pem', cert, key: new Secret(key) };
   }
   if (pfx) {
     const file = readFile('TLS_PFX', false) as Buffer | undefined;
@@ -231,7 +235,7 @@ function loadTls(
       problems.push(`TLS_PFX: cannot open the PKCS#12 file (${describe(err)}); check TLS_PFX_PASSPHRASE`);
       return undefined;
     }
-    return { kind: 'pfx', pfx: file, passphrase: passphrase === undefined ? undefined : new Secret(passphrase) };
+    return { kind: 'pfx', pfx: new Secret(file), passphrase: passphrase === undefined ? undefined : new Secret(passphrase) };
   }
   return undefined;
 }

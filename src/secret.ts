@@ -1,17 +1,18 @@
 import { inspect } from 'node:util';
 
 /**
- * A secret value (PIN, token, passphrase, URL with a password). It prints as `[redacted]` in
- * logs, JSON and `util.inspect`; only `reveal()` gives the value, at the one place that needs it.
+ * A secret value (PIN, token, passphrase, URL with a password, a TLS private key). It prints as
+ * `[redacted]` in logs, JSON and `util.inspect`; only `reveal()` gives the value, at the one
+ * place that needs it.
  */
-export class Secret {
-  readonly #value: string;
+export class Secret<T extends string | Buffer = string> {
+  readonly #value: T;
 
-  constructor(value: string) {
+  constructor(value: T) {
     this.#value = value;
   }
 
-  reveal(): string {
+  reveal(): T {
     return this.#value;
   }
 

@@ -10,13 +10,15 @@ export class DatabaseUnavailableError extends Error {
 }
 
 /**
- * Errors the server itself reported carry a SQLSTATE and pass through. Connection failures
+ * Errors the server itself reported (a severity and a SQLSTATE) pass through. Connection failures
  * (no SQLSTATE, or class 08 connection exception / 57 operator intervention) become
  * DatabaseUnavailableError, keeping the original as cause.
  */
 export function translateDbError(err: unknown): unknown {
   const state = sqlState(err);
-  if (state !== undefined && /^[0-9A-Z]{5}$/.test(state) && !state.startsWith('08') && !state.startsWith('57')) {
+  // Only the server's own errors carry a severity; Node's socket errors (EPIPE...) have codes too.
+  const fromServer = typeof (err as { severity?: unknown } | undefined)?.severity === 'string';
+  if (fromServer && state !== undefined && !state.startsWith('08') && !state.startsWith('57')) {
     return err;
   }
   return new DatabaseUnavailableError('database unavailable', { cause: err });

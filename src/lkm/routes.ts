@@ -35,12 +35,15 @@ function parseTime(name: string, value: unknown): Date | undefined {
   if (typeof value !== 'string' || !ISO_8601.test(value)) {
     throw new AppError('REQ_ERR_BAD_QUERY', { message: `${name} must be an ISO-8601 date-time, e.g. 2015-08-31T13:49:22.444Z` });
   }
+  const notValid = () => new AppError('REQ_ERR_BAD_QUERY', { message: `${name} is not a valid date-time` });
   let text = value.replace(/(\.\d{3})\d+/, '$1');
   if (text.length > 10 && !/(Z|[+-]\d{2}:?\d{2})$/.test(text)) text += 'Z';
   const date = new Date(text);
-  if (Number.isNaN(date.getTime())) {
-    throw new AppError('REQ_ERR_BAD_QUERY', { message: `${name} is not a valid date-time` });
-  }
+  if (Number.isNaN(date.getTime())) throw notValid();
+  // Date rolls 2021-02-30 over to 2 March: refuse a calendar date that does not exist.
+  const [y, m, d] = value.slice(0, 10).split('-').map(Number) as [number, number, number];
+  const calendar = new Date(Date.UTC(y, m - 1, d));
+  if (calendar.getUTCFullYear() !== y || calendar.getUTCMonth() !== m - 1 || calendar.getUTCDate() !== d) throw notValid();
   return date;
 }
 
