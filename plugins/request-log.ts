@@ -35,6 +35,8 @@ function headerValue(value: string | string[] | undefined): string | undefined {
  */
 async function requestLog(app: FastifyInstance, opts: RequestLogOptions): Promise<void> {
   const clock = opts.clock ?? Date.now;
+  // Entries still being written: shutdown waits for them before the database closes.
+  const pending = new Set<Promise<void>>();
   app.decorateRequest('auditKeypairId', null);
 
   app.addHook('onRequest', async (request) => {
@@ -52,11 +54,19 @@ async function requestLog(app: FastifyInstance, opts: RequestLogOptions): Promis
       keypairId: request.auditKeypairId,
       clientAddress: request.ip ?? null,
     };
-    try {
-      await opts.sink.insert(entry);
-    } catch (err) {
+    const write = opts.sink.insert(entry).catch((err: unknown) => {
       request.log.error({ err }, 'request log entry could not be written');
+    });
+    pending.add(write);
+    try {
+      await write;
+    } finally {
+      pending.delete(write);
     }
+  });
+
+  app.addHook('onClose', async () => {
+    await Promise.allSettled([...pending]);
   });
 }
 

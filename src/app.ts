@@ -7,6 +7,7 @@ import dbPlugin from '../plugins/db.js';
 import errorHandler from '../plugins/error-handler.js';
 import keyStorePlugin from '../plugins/keystore.js';
 import rawJson from '../plugins/raw-json.js';
+import shutdown from '../plugins/shutdown.js';
 import type { Config, TlsConfig } from './config.js';
 import { CredentialRepository } from './db/credentials.js';
 import type { Database } from './db/database.js';
@@ -87,6 +88,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   }) as unknown as FastifyInstance;
 
   await app.register(sensible);
+  await app.register(shutdown);
   await app.register(errorHandler);
   await app.register(rawJson);
   await app.register(dbPlugin, options.db ? { db: options.db } : { config: config.database });

@@ -218,3 +218,24 @@ t.test('request log: reference shape, newest first, filters, and DELETE', async 
   t.equal(decryptRow?.keypair_id, keypair.id, 'extra columns: keypair');
   t.equal(decryptRow?.client_address, '127.0.0.1', 'extra columns: client address');
 });
+
+t.test('shutdown finishes requests in flight and writes their request-log entries', async (t) => {
+  const before = await h.db.query<{ n: string }>('SELECT count(*) AS n FROM request_log');
+  const keysBefore = (await h.db.query('SELECT id FROM keypair')).rowCount;
+  // Key generation takes 300-800 ms in SoftHSM: these are still running when close() starts.
+  const inFlight = [call('POST', '/keypair'), call('POST', '/keypair')];
+  await sleep(150);
+  await h.app.close();
+  const answers = await Promise.all(inFlight);
+  t.same(
+    answers.map((a) => a.status),
+    [200, 200],
+    'requests being served when shutdown began were completed',
+  );
+  const created = answers.map((a) => (a.json as { id: string }).id);
+  const rows = await h.db.query<{ id: string }>('SELECT id FROM keypair');
+  t.equal(rows.rowCount, keysBefore + 2, 'their keypairs were recorded');
+  for (const id of created) t.ok(rows.rows.some((r) => r.id === id), `keypair ${id} is in the database`);
+  const after = await h.db.query<{ n: string }>('SELECT count(*) AS n FROM request_log');
+  t.equal(Number(after.rows[0]?.n) - Number(before.rows[0]?.n), 2, 'and logged before the database closed');
+});
