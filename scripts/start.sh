@@ -12,15 +12,14 @@ build
 ensure_dev_token
 
 cd "$ROOT"
-if [ -z "${PKCS11_PIN:-}" ] && [ -z "${PKCS11_PIN_FILE:-}" ]; then export PKCS11_PIN_FILE="$SECRETS_DIR/pkcs11-pin"; fi
-if [ -z "${ADMIN_TOKEN:-}" ] && [ -z "${ADMIN_TOKEN_FILE:-}" ]; then export ADMIN_TOKEN_FILE="$SECRETS_DIR/admin-token"; fi
-export PKCS11_TOKEN_LABEL="$DEV_TOKEN_LABEL"
+admin_from_env="${ADMIN_TOKEN:+yes}"
+. scripts/dev-env.sh
 
 scheme=http
 if [ -n "${TLS_CERT:-}${TLS_PFX:-}" ]; then scheme=https; fi
 url="$scheme://${HOST:-127.0.0.1}:${PORT:-8080}/key-management/v1"
-admin_hint='$(cat var/secrets/admin-token)'
-if [ -n "${ADMIN_TOKEN:-}" ]; then admin_hint='$ADMIN_TOKEN'; elif [ -n "${ADMIN_TOKEN_FILE:-}" ]; then admin_hint="\$(cat $ADMIN_TOKEN_FILE)"; fi
+admin_hint="\$(cat ${ADMIN_TOKEN_FILE:-var/secrets/admin-token})"
+if [ -n "$admin_from_env" ]; then admin_hint='$ADMIN_TOKEN'; fi
 cat >&2 <<INFO
 
 strongroom is starting at $url
@@ -28,7 +27,7 @@ strongroom is starting at $url
   register a Hawk credential for Genesys Cloud (the authKey is shown once):
     curl -X POST $url/auth -H "Authorization: Bearer $admin_hint" \\
          -H 'Content-Type: application/json' -d '{"id":"genesys-cloud"}'
-  or, with the service stopped:  npx strongroom auth register genesys-cloud
+  or, with the service stopped:  . scripts/dev-env.sh && npx strongroom auth register genesys-cloud
   secrets (PINs, admin token):   var/secrets/ (mode 0600)
 
 INFO
