@@ -20,7 +20,7 @@ import { NonceRepository } from '../src/db/nonces.js';
 import { openPostgres } from '../src/db/postgres.js';
 import { RequestLogRepository, type RequestLogEntry } from '../src/db/request-log.js';
 import { DatabaseUnavailableError, translateDbError } from '../src/db/unavailable.js';
-import { createTestDatabase, serverUrl } from './helpers/database.js';
+import { createEmptyDatabase, createTestDatabase, serverUrl } from './helpers/database.js';
 import { BUILD_ROOT } from './helpers/paths.js';
 
 // PGlite starts in seconds and one check waits out the 5 s connection timeout: more than tap's
@@ -43,34 +43,6 @@ async function count(db: Database, sql: string, params: unknown[] = []): Promise
 
 const tableCount = (db: Database, where = '') =>
   count(db, `SELECT count(*)::int AS n FROM information_schema.tables WHERE table_schema = 'public' ${where}`);
-
-/** An empty database on the real server (createTestDatabase migrates; these tests need none yet). */
-async function createEmptyPostgres(t: Test): Promise<{ url: string; open: (poolSize?: number) => Database }> {
-  const base = serverUrl();
-  const name = `sr_test_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: base });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(base);
-  url.pathname = `/${name}`;
-  const opened: Database[] = [];
-  t.teardown(async () => {
-    for (const db of opened) await db.close().catch(() => undefined);
-    const drop = new pg.Client({ connectionString: base });
-    await drop.connect();
-    await drop.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await drop.end();
-  });
-  return {
-    url: url.toString(),
-    open(poolSize = 5) {
-      const db = openPostgres({ url: url.toString(), poolSize });
-      opened.push(db);
-      return db;
-    },
-  };
-}
 
 async function createEmptyEmbedded(t: Test): Promise<Database> {
   const dir = mkdtempSync(join(tmpdir(), 'strongroom-db-test-'));
@@ -442,7 +414,7 @@ t.test('postgres server', async (t) => {
     kind: 'postgres',
     db,
     async fresh(t) {
-      return (await createEmptyPostgres(t)).open();
+      return (await createEmptyDatabase(t)).open();
     },
   });
 });
@@ -454,7 +426,7 @@ t.test('embedded PGlite', async (t) => {
 });
 
 t.test('concurrent migrate() from two pools on one server database applies version 1 exactly once', async (t) => {
-  const empty = await createEmptyPostgres(t);
+  const empty = await createEmptyDatabase(t);
   const a = empty.open(1);
   const b = empty.open(1);
   // Connect both first, so the two migrations reach the server together.

@@ -9,6 +9,12 @@ export interface TestDatabase {
   db: Database;
 }
 
+export interface EmptyDatabase {
+  url: string;
+  /** Open a pool on it; pools are closed before the database is dropped. */
+  open(poolSize?: number): Database;
+}
+
 /** The Postgres server the suite runs against (scripts/test.sh sets DATABASE_URL). */
 export function serverUrl(): string {
   const url = process.env.DATABASE_URL;
@@ -20,24 +26,41 @@ interface Teardown {
   teardown(fn: () => unknown): void;
 }
 
+async function admin(sql: string): Promise<void> {
+  const client = new pg.Client({ connectionString: serverUrl() });
+  await client.connect();
+  try {
+    await client.query(sql);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A fresh, empty database on the real server, dropped when the test ends. */
+export async function createEmptyDatabase(t: Teardown): Promise<EmptyDatabase> {
+  const name = `sr_test_${process.pid}_${randomBytes(4).toString('hex')}`;
+  await admin(`CREATE DATABASE ${name}`);
+  const url = new URL(serverUrl());
+  url.pathname = `/${name}`;
+  const opened: Database[] = [];
+  t.teardown(async () => {
+    for (const db of opened) await db.close().catch(() => undefined);
+    await admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+  });
+  return {
+    url: url.toString(),
+    open(poolSize = 5) {
+      const db = openPostgres({ url: url.toString(), poolSize });
+      opened.push(db);
+      return db;
+    },
+  };
+}
+
 /** A fresh, migrated database on the real server, dropped when the test ends. */
 export async function createTestDatabase(t: Teardown): Promise<TestDatabase> {
-  const base = serverUrl();
-  const name = `sr_test_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const admin = new pg.Client({ connectionString: base });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
-  const url = new URL(base);
-  url.pathname = `/${name}`;
-  const db = openPostgres({ url: url.toString(), poolSize: 5 });
+  const empty = await createEmptyDatabase(t);
+  const db = empty.open();
   await migrate(db);
-  t.teardown(async () => {
-    await db.close();
-    const drop = new pg.Client({ connectionString: base });
-    await drop.connect();
-    await drop.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await drop.end();
-  });
-  return { url: url.toString(), db };
+  return { url: empty.url, db };
 }
