@@ -1,16 +1,17 @@
 // Secrets stay where they belong: not in the log, not in the database, and private keys not
 // readable or exportable from the token. A real SoftHSM token and a real Postgres throughout.
 import { execFileSync } from 'node:child_process';
-import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, randomUUID } from 'node:crypto';
+import { constants, createPublicKey, publicEncrypt, randomBytes, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
 import t from 'tap';
-import { encodeRsaPublicKey, modulusBits, openPkcs11KeyStore, type RsaPrivateKeyComponents } from '../hsm/index.js';
+import { encodeRsaPublicKey, modulusBits, openPkcs11KeyStore } from '../hsm/index.js';
 import { KeypairRepository } from '../src/db/keypairs.js';
 import { dumpDatabase, type Tap } from './helpers/badinput-util.js';
 import { startHarness } from './helpers/harness.js';
 import { hawkFetch, send, type ClientCredential, type Response } from './helpers/hawk-client.js';
+import { nodeRsaComponents } from './helpers/keystore-util.js';
 
 const h = await startHarness(t, { captureLog: true });
 
@@ -147,19 +148,11 @@ t.test('the database holds no key material', async (tt) => {
   const authKey = (reg.json as { authKey: string }).authKey;
 
   // A private key made here, put into the token as an operator's import would, with its row.
-  const { privateKey, publicKey } = generateKeyPairSync('rsa', { modulusLength: 3072 });
-  const jwk = privateKey.export({ format: 'jwk' });
-  const b = (v: string | undefined) => Buffer.from(v as string, 'base64url');
-  const components: RsaPrivateKeyComponents = {
-    modulus: b(jwk.n),
-    publicExponent: b(jwk.e),
-    privateExponent: b(jwk.d),
-    prime1: b(jwk.p),
-    prime2: b(jwk.q),
-    exponent1: b(jwk.dp),
-    exponent2: b(jwk.dq),
-    coefficient: b(jwk.qi),
-  };
+  const components = nodeRsaComponents(3072);
+  const publicKey = createPublicKey({
+    key: { kty: 'RSA', n: components.modulus.toString('base64url'), e: components.publicExponent.toString('base64url') },
+    format: 'jwk',
+  });
   const importedId = randomUUID();
   const store = await openPkcs11KeyStore({ modulePath: h.token.modulePath, tokenLabel: h.token.label, pin: h.token.pin, sessions: 1 });
   try {

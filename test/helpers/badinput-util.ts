@@ -1,10 +1,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { Test } from 'tap';
-import { buildApp } from '../../src/app.js';
-import { loadConfig } from '../../src/config.js';
 import type { Database } from '../../src/db/database.js';
 import { ERROR_CODE_HEADER } from '../../src/errors.js';
-import { PREFIX } from './harness.js';
+import { startHarness } from './harness.js';
 import type { Response } from './hawk-client.js';
 import type { TestToken } from './token.js';
 
@@ -72,28 +70,14 @@ export async function startAppWithoutAdminToken(
   token: TestToken,
   databaseUrl: string,
 ): Promise<{ app: FastifyInstance; base: string; close: () => Promise<void> }> {
-  const config = loadConfig({
-    PORT: '0',
-    HOST: '127.0.0.1',
-    PKCS11_MODULE: token.modulePath,
-    PKCS11_TOKEN_LABEL: token.label,
-    PKCS11_PIN: token.pin,
-    PKCS11_SESSIONS: '1',
-    DATABASE_URL: databaseUrl,
-    DATABASE_POOL_SIZE: '2',
-    LOG_LEVEL: 'silent',
+  const other = await startHarness(t, {
+    token,
+    databaseUrl,
+    withoutAdminToken: true,
+    env: { PKCS11_SESSIONS: '1', DATABASE_POOL_SIZE: '2' },
   });
-  if (config.adminToken !== undefined) throw new Error('this app must start without ADMIN_TOKEN');
-  // The app opens (and on close releases) its own key store and pool on the shared token and database.
-  const app = await buildApp({ config });
-  let closed: Promise<void> | undefined;
-  // Close it before the harness drops the database; the teardown only covers a failed test.
-  const close = () => (closed ??= app.close());
-  t.teardown(close);
-  await app.listen({ port: 0, host: '127.0.0.1' });
-  const address = app.server.address();
-  const port = typeof address === 'object' && address ? address.port : 0;
-  return { app, base: `http://127.0.0.1:${port}${PREFIX}`, close };
+  if (other.config.adminToken !== undefined) throw new Error('this app must start without ADMIN_TOKEN');
+  return { app: other.app, base: other.base, close: () => other.app.close() };
 }
 
 /** Every row of every table in the public schema, as text, with each bytea also kept as bytes. */

@@ -22,6 +22,8 @@ export interface HarnessOptions {
   databaseUrl?: string;
   /** Create (but do not listen) — for app.inject. */
   listen?: boolean;
+  /** Start without ADMIN_TOKEN (POST /auth then answers 403); `register` is unusable. */
+  withoutAdminToken?: boolean;
 }
 
 export interface Harness {
@@ -67,7 +69,7 @@ export async function startHarness(t: TestLike, options: HarnessOptions = {}): P
     PKCS11_TOKEN_LABEL: token.label,
     PKCS11_PIN: token.pin,
     DATABASE_URL: databaseUrl,
-    ADMIN_TOKEN: adminToken,
+    ...(!options.withoutAdminToken && { ADMIN_TOKEN: adminToken }),
     LOG_LEVEL: options.captureLog ? 'info' : 'silent',
     ...options.env,
   });
