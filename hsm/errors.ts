@@ -26,6 +26,8 @@ export type HsmErrorCode =
   | 'HSM_ERR_DECRYPT'
   /** A stored secret did not authenticate (tampered, wrong context or wrong token). */
   | 'HSM_ERR_SECRET_INVALID'
+  /** The token does not enforce what key custody relies on (CKA_WRAP_WITH_TRUSTED). */
+  | 'HSM_ERR_CUSTODY'
   /** An imported key failed its consistency check. */
   | 'HSM_ERR_KEY_INVALID'
   /** Anything else the token reported. */

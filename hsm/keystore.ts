@@ -80,11 +80,27 @@ export interface KeyStore {
   /** Reverse of `sealSecret`; `HSM_ERR_SECRET_INVALID` when the blob does not authenticate. */
   openSecret(sealed: Buffer, context: string): Promise<Buffer>;
 
+  /**
+   * Probe, with throw-away session keys, whether the token refuses to wrap a key marked
+   * CKA_WRAP_WITH_TRUSTED under an ordinary key. Custody depends on it: a token that ignores the
+   * attribute lets anyone holding the user PIN export every private key.
+   */
+  checkCustody(): Promise<CustodyCheck>;
+
   /** Counters for operators and tests. */
   stats(): KeyStoreStats;
 
   /** Close every session and release the module. */
   close(): Promise<void>;
+}
+
+export interface CustodyCheck {
+  /**
+   * `enforced`: the token answered CKR_KEY_NOT_WRAPPABLE. `not-enforced`: it wrapped the key.
+   * `inconclusive`: the probe could not run (e.g. the mechanism is missing); `detail` says why.
+   */
+  wrapWithTrusted: 'enforced' | 'not-enforced' | 'inconclusive';
+  detail?: string;
 }
 
 export interface KeyStoreStats {

@@ -3,6 +3,7 @@ import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
 import { HsmError, ckrName, ckrOf, isStaleHandle, translate, type HsmErrorCode } from './errors.js';
 import type {
+  CustodyCheck,
   KeyStore,
   KeyStoreStats,
   RsaPadding,
@@ -15,6 +16,8 @@ import { modulusBits, unsigned } from './rsa-der.js';
 import { SessionPool } from './session-pool.js';
 import {
   SECRETS_KEY_LABEL,
+  custodyProbeTemplate,
+  custodyWrapperTemplate,
   keyIdFromObjectId,
   keyObjectId,
   rsaGeneratePrivateTemplate,
@@ -77,7 +80,7 @@ function gcm(iv: Buffer, context: string): P11.Mechanism {
   return {
     mechanism: pkcs11js.CKM_AES_GCM,
     parameter: {
-      type: pkcs11js.CK_PARAMS_AES_GCM,
+      type: pkcs11js.CK_PARAMS_AES_GCM_v240,
       iv,
       aad: Buffer.from(context, 'utf8'),
       ivBits: GCM_IV_BYTES * 8,
@@ -461,6 +464,35 @@ export class Pkcs11KeyStore implements KeyStore {
     });
   }
 
+  async checkCustody(): Promise<CustodyCheck> {
+    return this.#run('HSM_ERR_INTERNAL', 'custody probe failed', (s) => {
+      let probe: Handle;
+      let wrapper: Handle;
+      try {
+        probe = this.#p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, custodyProbeTemplate());
+        wrapper = this.#p.C_GenerateKey(s, { mechanism: pkcs11js.CKM_AES_KEY_GEN }, custodyWrapperTemplate());
+      } catch (err) {
+        return { wrapWithTrusted: 'inconclusive', detail: `cannot create probe keys (${describeCkr(err)})` };
+      }
+      try {
+        // RFC 3394 AES key wrap of a 256-bit key: needs no padding, so any AES-capable token has it.
+        this.#p.C_WrapKey(s, { mechanism: pkcs11js.CKM_AES_KEY_WRAP }, wrapper, probe, Buffer.alloc(64));
+        return { wrapWithTrusted: 'not-enforced', detail: 'an untrusted key wrapped a CKA_WRAP_WITH_TRUSTED key' };
+      } catch (err) {
+        if (ckrOf(err) === pkcs11js.CKR_KEY_NOT_WRAPPABLE) return { wrapWithTrusted: 'enforced' };
+        return { wrapWithTrusted: 'inconclusive', detail: `wrap probe answered ${describeCkr(err)}` };
+      } finally {
+        for (const h of [probe, wrapper]) {
+          try {
+            this.#p.C_DestroyObject(s, h);
+          } catch {
+            // Session objects vanish with the session anyway.
+          }
+        }
+      }
+    });
+  }
+
   stats(): KeyStoreStats {
     return {
       objectSearches: this.#searches,
@@ -492,6 +524,11 @@ function toNodePublicKey(key: RsaPublicKey) {
     key: { kty: 'RSA', n: key.modulus.toString('base64url'), e: key.publicExponent.toString('base64url') },
     format: 'jwk',
   });
+}
+
+function describeCkr(err: unknown): string {
+  const code = ckrOf(err);
+  return code === undefined ? 'not a PKCS#11 error' : ckrName(code);
 }
 
 function big(b: Buffer): bigint {

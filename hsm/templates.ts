@@ -114,6 +114,32 @@ export function secretsKeyTemplate(objectId: Buffer): Template {
   ];
 }
 
+/** Custody probe: a session AES key carrying the same export rule as every private key. */
+export function custodyProbeTemplate(): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+    { type: pkcs11js.CKA_WRAP_WITH_TRUSTED, value: true },
+    { type: pkcs11js.CKA_LABEL, value: 'strongroom-custody-probe' },
+  ];
+}
+
+/** Custody probe: an ordinary (not CKA_TRUSTED) session key allowed to wrap. */
+export function custodyWrapperTemplate(): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_LABEL, value: 'strongroom-custody-probe-wrapper' },
+  ];
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** CKA_ID of a keypair: the 16 bytes of its UUID. */

@@ -48,6 +48,8 @@ ensure_softhsm() {
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if [ "${1:-}" = "--with-tools" ]; then
     command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+    # NSS softoken: the second PKCS#11 module of the key store contract tests.
+    command -v certutil >/dev/null 2>&1 || missing+=(libnss3-tools)
   fi
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }

@@ -2,7 +2,7 @@ import type { SecureContextOptions } from 'node:tls';
 import type { Writable } from 'node:stream';
 import sensible from '@fastify/sensible';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import type { KeyStore } from '../hsm/index.js';
+import { HsmError, type KeyStore } from '../hsm/index.js';
 import dbPlugin from '../plugins/db.js';
 import errorHandler from '../plugins/error-handler.js';
 import keyStorePlugin from '../plugins/keystore.js';
@@ -71,6 +71,24 @@ function httpsOptions(tls: TlsConfig | undefined): SecureContextOptions | undefi
 }
 
 /**
+ * Refuse a token that would let an ordinary key wrap (export) our private keys. A probe that
+ * cannot run (a token without AES key wrap, say) is logged, not fatal.
+ */
+async function requireCustody(app: FastifyInstance, keyStore: KeyStore): Promise<void> {
+  const custody = await keyStore.checkCustody();
+  if (custody.wrapWithTrusted === 'not-enforced') {
+    throw new HsmError(
+      'HSM_ERR_CUSTODY',
+      `token "${keyStore.token.label}" does not enforce CKA_WRAP_WITH_TRUSTED (${custody.detail}): ` +
+        'anyone with the user PIN could export the private keys; refusing to use it',
+    );
+  }
+  if (custody.wrapWithTrusted === 'inconclusive') {
+    app.log.warn({ detail: custody.detail }, 'could not verify that the token enforces CKA_WRAP_WITH_TRUSTED');
+  }
+}
+
+/**
  * The application as a plugin tree: the one place that knows everything. It opens (or is
  * given) the token and the database, creates the token's service keys if they are missing,
  * and mounts the Local Key Manager under /key-management/v1.
@@ -107,7 +125,13 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   );
 
   const { db, keyStore } = app;
-  await ensureServiceKeys(db, keyStore);
+  try {
+    await ensureServiceKeys(db, keyStore);
+    await requireCustody(app, keyStore);
+  } catch (err) {
+    await app.close();
+    throw err;
+  }
 
   const credentials = new CredentialService({
     repo: new CredentialRepository(db),
