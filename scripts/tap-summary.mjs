@@ -52,6 +52,10 @@ if (failed === 0 && tapStatus !== '0') {
   failed = 1;
   failures.push({ path: [`tap exited with status ${tapStatus}`], diag: undefined });
 }
+if (passed + failed === 0) {
+  failed = 1;
+  failures.push({ path: ['no test ran'], diag: undefined });
+}
 for (const f of failures.slice(0, 50)) {
   process.stdout.write(`not ok: ${f.path.join(' > ')}\n`);
   if (f.diag) {

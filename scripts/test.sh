@@ -25,4 +25,8 @@ set +e
 npx tap --reporter=tap --disable-coverage "$@" > "$results" 2>var/test/stderr.log
 status=$?
 set -e
+if [ "$status" -ne 0 ] && [ -s var/test/stderr.log ]; then
+  say "tap exited with status $status; the end of its stderr:"
+  tail -n 40 var/test/stderr.log >&2
+fi
 node scripts/tap-summary.mjs "$results" "$status"
