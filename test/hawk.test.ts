@@ -678,3 +678,15 @@ t.test('every refusal but the stale one is byte-identical (real app)', async (t)
   }
   t.same(first.print, vectorRefusals[0]?.print, 'and the same as the vector app refusals');
 });
+
+t.test('a credential revoked in the database is refused once the 2 s credential cache expires', async (t) => {
+  const h = await startHarness(t);
+  const credential = await h.register();
+  const get = () => hawkFetch({ method: 'GET', url: `${h.base}/keypair`, credential });
+  t.equal((await get()).status, 200, 'works before');
+  await h.db.query('UPDATE hawk_credential SET revoked_at = now() WHERE id = $1', [credential.id]);
+  await sleep(2_100);
+  const res = await get();
+  t.equal(res.status, 401, 'refused after revocation');
+  t.equal(res.headers.get('strongroom-error-code'), 'HAWK_ERR_UNAUTHORIZED');
+});
