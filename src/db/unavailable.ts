@@ -10,16 +10,20 @@ export class DatabaseUnavailableError extends Error {
 }
 
 /**
+ * SQLSTATE classes that mean "not now" rather than "wrong request": 08 connection exception,
+ * 53 insufficient resources (too many connections, disk full), 57 operator intervention
+ * (shutdown, cannot connect now), 58 system error.
+ */
+const TRANSIENT_CLASSES = new Set(['08', '53', '57', '58']);
+
+/**
  * Errors the server itself reported (a severity and a SQLSTATE) pass through. Connection failures
- * (no SQLSTATE, or class 08 connection exception / 57 operator intervention) become
- * DatabaseUnavailableError, keeping the original as cause.
+ * (no SQLSTATE) and transient classes become DatabaseUnavailableError, keeping the original as cause.
  */
 export function translateDbError(err: unknown): unknown {
   const state = sqlState(err);
   // Only the server's own errors carry a severity; Node's socket errors (EPIPE...) have codes too.
   const fromServer = typeof (err as { severity?: unknown } | undefined)?.severity === 'string';
-  if (fromServer && state !== undefined && !state.startsWith('08') && !state.startsWith('57')) {
-    return err;
-  }
+  if (fromServer && state !== undefined && !TRANSIENT_CLASSES.has(state.slice(0, 2))) return err;
   return new DatabaseUnavailableError('database unavailable', { cause: err });
 }
