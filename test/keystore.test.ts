@@ -1,5 +1,5 @@
 // The PKCS#11 KeyStore against a real SoftHSM token, with Node's crypto, the openssl CLI,
-// pkcs11-tool and pkcs11js itself as independent peers. No mocks.
+// pkcs11-tool and pkcs11js itself as independent peers. All on a real token.
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomUUID, createPublicKey } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
