@@ -11,7 +11,7 @@ import { KeypairRepository } from '../src/db/keypairs.js';
 import { dumpDatabase, type Tap } from './helpers/badinput-util.js';
 import { startHarness } from './helpers/harness.js';
 import { hawkFetch, send, type ClientCredential, type Response } from './helpers/hawk-client.js';
-import { nodeRsaComponents } from './helpers/keystore-util.js';
+import { nodeRsaComponents, withTokenSession } from './helpers/keystore-util.js';
 
 const h = await startHarness(t, { captureLog: true });
 
@@ -255,38 +255,6 @@ function ckrOf(fn: () => unknown): number | 'ok' | 'other' {
 interface TokenSession {
   p11: P11.PKCS11;
   session: P11.Handle;
-  close(): void;
-}
-
-function openTokenSession(): TokenSession {
-  const p11 = new pkcs11js.PKCS11();
-  p11.load(h.token.modulePath);
-  let initializedHere = true;
-  try {
-    p11.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch (err) {
-    // The app already initialised the module in this process: one Cryptoki state per process.
-    if (!(err instanceof pkcs11js.Pkcs11Error && err.code === pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED)) throw err;
-    initializedHere = false;
-  }
-  const slot = p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === h.token.label);
-  if (slot === undefined) throw new Error(`token ${h.token.label} not found`);
-  const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
-  try {
-    p11.C_Login(session, pkcs11js.CKU_USER, h.token.pin);
-  } catch (err) {
-    // Login state belongs to the application: the app's sessions are logged in already.
-    if (!(err instanceof pkcs11js.Pkcs11Error && err.code === pkcs11js.CKR_USER_ALREADY_LOGGED_IN)) throw err;
-  }
-  return {
-    p11,
-    session,
-    close() {
-      p11.C_CloseSession(session); // never C_Logout or C_Finalize: that would end the app's login too
-      if (initializedHere) p11.C_Finalize();
-      p11.close();
-    },
-  };
 }
 
 function findObjects(ts: TokenSession, template: P11.Template): P11.Handle[] {
@@ -393,8 +361,9 @@ t.test('token objects: private keys are sensitive, decrypt-only and export only 
   const imported = rows.map((r) => r.id);
   tt.equal(imported.length, 1, 'the imported keypair from the previous test');
 
-  const ts = openTokenSession();
-  try {
+  // A session of our own, next to the app's (never C_Logout or C_Finalize: that would end its login too).
+  withTokenSession(h.token, (p11, session) => {
+    const ts: TokenSession = { p11, session };
     checkRsaPrivateKey(tt, ts, keypair.id, true);
     for (const id of imported) checkRsaPrivateKey(tt, ts, id, false);
 
@@ -468,9 +437,7 @@ t.test('token objects: private keys are sensitive, decrypt-only and export only 
     } finally {
       ts.p11.C_DestroyObject(ts.session, wrapper);
     }
-  } finally {
-    ts.close();
-  }
+  });
 
   // The app's login and sessions survived this outside session: it still decrypts.
   const message = randomBytes(32);

@@ -19,6 +19,7 @@ import {
 import { KeypairRepository } from '../src/db/keypairs.js';
 import { startHarness } from './helpers/harness.js';
 import { hawkFetch, type ClientCredential, type Response } from './helpers/hawk-client.js';
+import { withTokenSession } from './helpers/keystore-util.js';
 import { vectorsDir } from './helpers/paths.js';
 import { createTestToken, type TestToken } from './helpers/token.js';
 
@@ -153,63 +154,40 @@ async function importAll(store: KeyStore, groups: LoadedGroup[]): Promise<string
 
 /** Read attributes of a private key straight from the token, through a session of our own. */
 function readPrivateKeyAttributes(token: TestToken, keyIds: string[]) {
-  const p = new pkcs11js.PKCS11();
-  p.load(token.modulePath);
-  try {
-    p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
-  } catch (err) {
-    // The key store already initialised the library in this process; never finalise it here.
-    if (!(err instanceof pkcs11js.Pkcs11Error) || err.code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) throw err;
-  }
-  try {
-    const slot = p.C_GetSlotList(true).find((s) => p.C_GetTokenInfo(s).label.trim() === token.label);
-    if (slot === undefined) throw new Error(`token ${token.label} not found`);
-    const session = p.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
-    try {
+  return withTokenSession(token, (p, session) =>
+    keyIds.map((keyId) => {
+      p.C_FindObjectsInit(session, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_ID, value: Buffer.from(keyId.replace(/-/g, ''), 'hex') },
+      ]);
+      const handles = p.C_FindObjects(session, 10);
+      p.C_FindObjectsFinal(session);
+      const handle = handles[0] as P11.Handle;
+      const flag = (type: number) => {
+        const [attr] = p.C_GetAttributeValue(session, handle, [{ type }]);
+        const value = attr?.value as Buffer | undefined;
+        return value !== undefined && value.length > 0 && value[0] !== 0;
+      };
+      let privateExponent: string;
       try {
-        p.C_Login(session, pkcs11js.CKU_USER, token.pin);
+        p.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_PRIVATE_EXPONENT }]);
+        privateExponent = 'readable';
       } catch (err) {
-        if (!(err instanceof pkcs11js.Pkcs11Error) || err.code !== pkcs11js.CKR_USER_ALREADY_LOGGED_IN) throw err;
+        privateExponent = err instanceof pkcs11js.Pkcs11Error && err.code === pkcs11js.CKR_ATTRIBUTE_SENSITIVE ? 'CKR_ATTRIBUTE_SENSITIVE' : String(err);
       }
-      return keyIds.map((keyId) => {
-        p.C_FindObjectsInit(session, [
-          { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
-          { type: pkcs11js.CKA_ID, value: Buffer.from(keyId.replace(/-/g, ''), 'hex') },
-        ]);
-        const handles = p.C_FindObjects(session, 10);
-        p.C_FindObjectsFinal(session);
-        const handle = handles[0] as P11.Handle;
-        const flag = (type: number) => {
-          const [attr] = p.C_GetAttributeValue(session, handle, [{ type }]);
-          const value = attr?.value as Buffer | undefined;
-          return value !== undefined && value.length > 0 && value[0] !== 0;
-        };
-        let privateExponent: string;
-        try {
-          p.C_GetAttributeValue(session, handle, [{ type: pkcs11js.CKA_PRIVATE_EXPONENT }]);
-          privateExponent = 'readable';
-        } catch (err) {
-          privateExponent = err instanceof pkcs11js.Pkcs11Error && err.code === pkcs11js.CKR_ATTRIBUTE_SENSITIVE ? 'CKR_ATTRIBUTE_SENSITIVE' : String(err);
-        }
-        return {
-          objects: handles.length,
-          sensitive: flag(pkcs11js.CKA_SENSITIVE),
-          wrapWithTrusted: flag(pkcs11js.CKA_WRAP_WITH_TRUSTED),
-          token: flag(pkcs11js.CKA_TOKEN),
-          private: flag(pkcs11js.CKA_PRIVATE),
-          decrypt: flag(pkcs11js.CKA_DECRYPT),
-          sign: flag(pkcs11js.CKA_SIGN),
-          unwrap: flag(pkcs11js.CKA_UNWRAP),
-          privateExponent,
-        };
-      });
-    } finally {
-      p.C_CloseSession(session);
-    }
-  } finally {
-    // dlclose only drops this handle's reference; the key stores keep the library loaded.
-    p.close();
-  }
+      return {
+        objects: handles.length,
+        sensitive: flag(pkcs11js.CKA_SENSITIVE),
+        wrapWithTrusted: flag(pkcs11js.CKA_WRAP_WITH_TRUSTED),
+        token: flag(pkcs11js.CKA_TOKEN),
+        private: flag(pkcs11js.CKA_PRIVATE),
+        decrypt: flag(pkcs11js.CKA_DECRYPT),
+        sign: flag(pkcs11js.CKA_SIGN),
+        unwrap: flag(pkcs11js.CKA_UNWRAP),
+        privateExponent,
+      };
+    }),
+  );
 }
 
 const counts: Record<string, { valid: number; invalid: number; acceptable: number; asserted: number }> = {};

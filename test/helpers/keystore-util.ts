@@ -86,7 +86,7 @@ export function withTokenSession<T>(token: TestToken, fn: (p11: P11.PKCS11, sess
     }
     const slot = p11.C_GetSlotList(true).find((s) => p11.C_GetTokenInfo(s).label.trim() === token.label);
     if (slot === undefined) throw new Error(`token ${token.label} not found`);
-    const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION);
+    const session = p11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     try {
       try {
         p11.C_Login(session, pkcs11js.CKU_USER, token.pin);
