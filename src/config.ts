@@ -36,6 +36,11 @@ export const envSchema = z.object({
   TLS_PFX_PASSPHRASE: z.string().optional(),
   BODY_LIMIT: z.coerce.number().int().min(1024).max(1048576).default(16384),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  KEY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(4),
+  AUDIT_SPOOL_DIR: z.string().optional(),
+  AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36500).default(0),
+  HAWK_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(20),
+  HAWK_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -64,6 +69,16 @@ export interface Config {
   pkcs11: { modulePath: string; tokenLabel: string; pin: Secret; sessions: number };
   adminToken: Secret | undefined;
   logLevel: Env['LOG_LEVEL'];
+  /** Unassigned RSA key pairs kept generated ahead in the token (0: generate on request). */
+  keyPool: { size: number };
+  audit: {
+    /** Where audit entries wait (fsync'd) while the database cannot take them. */
+    spoolDir: string;
+    /** Entries older than this are removed, leaving a chain anchor; 0 keeps everything. */
+    retentionDays: number;
+  };
+  /** Failed Hawk authentications allowed per client address and per id within the window. */
+  hawkFailures: { limit: number; windowSec: number };
 }
 
 /** Every problem found in the configuration, one line each. */
@@ -192,6 +207,12 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     },
     adminToken: adminToken === undefined ? undefined : new Secret(adminToken),
     logLevel: e.LOG_LEVEL,
+    keyPool: { size: e.KEY_POOL_SIZE },
+    audit: {
+      spoolDir: resolve(e.AUDIT_SPOOL_DIR ?? resolve(e.DATA_DIR, 'audit-spool')),
+      retentionDays: e.AUDIT_RETENTION_DAYS,
+    },
+    hawkFailures: { limit: e.HAWK_FAILURE_LIMIT, windowSec: e.HAWK_FAILURE_WINDOW_SEC },
   };
   return deepFreeze(config);
 }

@@ -2,57 +2,80 @@
 import { parseArgs } from 'node:util';
 import { HsmError } from '../../hsm/index.js';
 import { ConfigError } from '../config.js';
-import { CredentialRepository } from '../db/credentials.js';
 import { EmbeddedDatabaseLockedError } from '../db/embedded.js';
 import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
-import { CredentialService } from '../lkm/credentials.js';
-import { withContext } from './context.js';
+import { CommandFailed, UsageError, type Command } from './command.js';
+import { authCommands } from './commands/auth.js';
+import { processIo } from './io.js';
 
-const USAGE = `usage: strongroom <command>
+/** Every command; the usage text lists them in this order. */
+const COMMANDS: Command[] = [...authCommands];
+
+const GLOBAL_OPTIONS = {
+  help: { type: 'boolean', short: 'h' },
+  json: { type: 'boolean' },
+  yes: { type: 'boolean', short: 'y' },
+} as const;
+
+function usage(): string {
+  const lines = COMMANDS.map((c) => {
+    const head = `  ${[...c.words, c.synopsis].filter(Boolean).join(' ')}`;
+    return head.length < 40 ? `${head.padEnd(40)}${c.summary}` : `${head}\n${' '.repeat(40)}${c.summary}`;
+  });
+  return `usage: strongroom <command> [--json] [--yes]
 
 commands:
-  auth register <id>   create a Hawk credential for Genesys Cloud and print it as JSON
-                       ({"id","authKey","algorithm"}); the authKey is shown only this once
+${lines.join('\n')}
 
 Configuration comes from the environment, exactly as for the service (see README):
 PKCS11_PIN or PKCS11_PIN_FILE, PKCS11_TOKEN_LABEL, PKCS11_MODULE, DATABASE_URL or DATA_DIR.
-Secrets are never read from the command line.
+Secrets are never read from the command line. --json prints one JSON document for scripts;
+--yes confirms destructive steps without a prompt.
 `;
-
-/** Exit codes: 0 done, 1 refused or failed, 2 usage or configuration error. */
-class UsageError extends Error {}
-
-async function authRegister(positionals: string[]): Promise<void> {
-  if (positionals.length !== 1) throw new UsageError('auth register takes exactly one argument: the credential id');
-  const id = positionals[0] as string;
-  const credential = await withContext(process.env, async ({ db, keyStore }) =>
-    new CredentialService({ repo: new CredentialRepository(db), keyStore }).register(id),
-  );
-  process.stdout.write(`${JSON.stringify(credential)}\n`);
 }
 
-async function main(argv: string[]): Promise<void> {
+/** The command whose words start `positionals` (the longest match). */
+function find(positionals: string[]): Command | undefined {
+  let best: Command | undefined;
+  for (const c of COMMANDS) {
+    if (c.words.every((w, i) => positionals[i] === w) && (!best || c.words.length > best.words.length)) best = c;
+  }
+  return best;
+}
+
+async function main(argv: string[]): Promise<number | void> {
+  const loose = parseArgs({ args: argv, allowPositionals: true, strict: false, options: GLOBAL_OPTIONS });
+  const unknown = Object.keys(loose.values).filter((k) => !(k in GLOBAL_OPTIONS));
+  const command = find(loose.positionals);
+  if (!command) {
+    // Name the option, never echo what followed it: it may be a secret someone tried to pass.
+    if (unknown.length > 0) throw new UsageError(`unknown option --${unknown[0]}`);
+    if (loose.values.help || loose.positionals.length === 0 || loose.positionals[0] === 'help') {
+      process.stdout.write(usage());
+      return 0;
+    }
+    throw new UsageError(`unknown command: ${loose.positionals.join(' ')}`);
+  }
   const { positionals, values } = parseArgs({
     args: argv,
     allowPositionals: true,
     strict: true,
-    options: { help: { type: 'boolean', short: 'h' } },
+    options: { ...GLOBAL_OPTIONS, ...command.options },
   });
-  const [group, command, ...rest] = positionals;
-  if (values.help || group === undefined || group === 'help') {
-    process.stdout.write(USAGE);
-    return;
+  if (values.help) {
+    process.stdout.write(usage());
+    return 0;
   }
-  if (group === 'auth' && command === 'register') return authRegister(rest);
-  throw new UsageError(`unknown command: ${positionals.join(' ')}`);
+  const io = processIo({ json: values.json === true, yes: values.yes === true });
+  return command.run({ positionals: positionals.slice(command.words.length), values, io });
 }
 
 main(process.argv.slice(2)).then(
-  () => process.exit(0),
+  (code) => process.exit(code ?? 0),
   (err: unknown) => {
     if (err instanceof UsageError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`strongroom: ${(err as Error).message}\n\n${USAGE}`);
+      process.stderr.write(`strongroom: ${(err as Error).message}\n\n${usage()}`);
       process.exit(2);
     }
     if (err instanceof ConfigError) {
@@ -60,6 +83,7 @@ main(process.argv.slice(2)).then(
       process.exit(2);
     }
     const known =
+      err instanceof CommandFailed ||
       err instanceof AppError ||
       err instanceof HsmError ||
       err instanceof EmbeddedDatabaseLockedError ||
