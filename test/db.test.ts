@@ -63,6 +63,12 @@ interface Backend {
 }
 
 /** Everything both backends must do identically. */
+/** Every schema version this build knows, in order, and the newest. */
+const VERSIONS = migrations.map((m) => m.version).sort((x, y) => x - y);
+const LATEST = VERSIONS[VERSIONS.length - 1] as number;
+/** The tables of migration 1; later migrations may add more. */
+const LKM_TABLES = ['hawk_credential', 'hawk_nonce', 'keypair', 'request_log', 'request_log_clear', 'schema_migration'];
+
 function suite(t: Test, b: Backend): void {
   const { db } = b;
 
@@ -70,57 +76,56 @@ function suite(t: Test, b: Backend): void {
     t.equal(db.kind, b.kind);
   });
 
-  t.test('migrate() applies version 1 once and records it', async (t) => {
+  t.test('migrate() applies every version once and records it', async (t) => {
     const fresh = await b.fresh(t);
     t.equal(await tableCount(fresh), 0, 'a fresh database has no tables');
-    t.same(await migrate(fresh), [1], 'the first run applies version 1');
+    t.same(await migrate(fresh), VERSIONS, 'the first run applies every version, in order');
     t.same(await migrate(fresh), [], 'the second run applies nothing');
     const { rows } = await fresh.query<{ version: number; name: string; applied_at: unknown }>(
       'SELECT version, name, applied_at FROM schema_migration ORDER BY version',
     );
-    t.equal(rows.length, 1);
+    t.same(rows.map((r) => r.version), VERSIONS);
     t.equal(rows[0]?.version, 1);
     t.equal(rows[0]?.name, 'lkm');
     t.ok(rows[0]?.applied_at instanceof Date, 'applied_at is a timestamp');
     const names = await fresh.query<{ table_name: string }>(
       "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY table_name",
     );
-    t.same(
-      names.rows.map((r) => r.table_name),
-      ['hawk_credential', 'hawk_nonce', 'keypair', 'request_log', 'request_log_clear', 'schema_migration'],
-    );
+    const tables = names.rows.map((r) => r.table_name);
+    t.same(LKM_TABLES.filter((n) => !tables.includes(n)), [], 'every table of migration 1 exists');
   });
 
-  t.test('two concurrent migrate() calls on one handle apply version 1 exactly once', async (t) => {
+  t.test('two concurrent migrate() calls on one handle apply every version exactly once', async (t) => {
     const fresh = await b.fresh(t);
     const results = await Promise.all([migrate(fresh), migrate(fresh)]);
-    t.same(results.map((r) => r.join(',')).sort(), ['', '1']);
-    t.equal(await count(fresh, 'SELECT count(*)::int AS n FROM schema_migration'), 1);
+    t.same(results.map((r) => r.join(',')).sort(), ['', VERSIONS.join(',')]);
+    t.equal(await count(fresh, 'SELECT count(*)::int AS n FROM schema_migration'), VERSIONS.length);
   });
 
   t.test('a failing migration leaves nothing behind; a new one applies alone', async (t) => {
-    const broken: Migration = { version: 2, name: 'broken', sql: 'CREATE TABLE db_test_extra (x integer);\nSELEC nothing;' };
+    const NEXT = LATEST + 1;
+    const broken: Migration = { version: NEXT, name: 'broken', sql: 'CREATE TABLE db_test_extra (x integer);\nSELEC nothing;' };
     const err = await caught(migrate(db, [...migrations, broken]));
     t.equal(sqlState(err), '42601', 'the syntax error surfaces with its SQLSTATE');
     t.equal(await tableCount(db, "AND table_name = 'db_test_extra'"), 0, 'the statement before it was rolled back');
-    t.equal(await count(db, 'SELECT count(*)::int AS n FROM schema_migration WHERE version = 2'), 0);
+    t.equal(await count(db, `SELECT count(*)::int AS n FROM schema_migration WHERE version = ${NEXT}`), 0);
 
-    const extra: Migration = { version: 2, name: 'extra', sql: 'CREATE TABLE db_test_extra (x integer);\n' };
-    t.same(await migrate(db, [...migrations, extra]), [2], 'only the new version is applied');
+    const extra: Migration = { version: NEXT, name: 'extra', sql: 'CREATE TABLE db_test_extra (x integer);\n' };
+    t.same(await migrate(db, [...migrations, extra]), [NEXT], 'only the new version is applied');
     t.equal(await tableCount(db, "AND table_name = 'db_test_extra'"), 1);
 
-    // This build knows version 1 only: a database migrated by a newer build must stop it.
+    // This build knows up to LATEST only: a database migrated by a newer build must stop it.
     const tooNew = await caught(migrate(db));
     t.ok(tooNew instanceof Error);
     t.equal(
       (tooNew as Error).message,
-      'the database schema (version 2) is newer than this build knows (1); upgrade strongroom',
+      `the database schema (version ${NEXT}) is newer than this build knows (${LATEST}); upgrade strongroom`,
     );
-    t.equal(await count(db, 'SELECT count(*)::int AS n FROM schema_migration'), 2, 'nothing was changed');
+    t.equal(await count(db, 'SELECT count(*)::int AS n FROM schema_migration'), VERSIONS.length + 1, 'nothing was changed');
 
     await db.query('DROP TABLE db_test_extra');
-    await db.query('DELETE FROM schema_migration WHERE version = 2');
-    t.same(await migrate(db), [], 'back at version 1');
+    await db.query(`DELETE FROM schema_migration WHERE version = ${NEXT}`);
+    t.same(await migrate(db), [], `back at version ${LATEST}`);
   });
 
   t.test('CredentialRepository stores the sealed key byte for byte', async (t) => {
@@ -170,7 +175,11 @@ function suite(t: Test, b: Backend): void {
 
     const found = await keypairs.find(late.id);
     if (!found) throw new Error('keypair not found');
-    t.same(Object.keys(found).sort(), ['dateCreated', 'id', 'modulusBits', 'owner', 'publicKey']);
+    t.same(Object.keys(found).sort(), [
+      'dateCreated', 'deleteAfter', 'id', 'modulusBits', 'origin', 'owner', 'publicKey', 'state', 'stateChangedAt',
+    ]);
+    t.equal(found.state, 'enabled', 'insert() records an enabled keypair by default');
+    t.equal(found.origin, 'generated');
     t.equal(found.id, late.id);
     t.ok(Buffer.isBuffer(found.publicKey), 'publicKey is a Buffer');
     t.ok(found.publicKey.equals(late.publicKey), 'publicKey bytes are unchanged');
@@ -421,20 +430,20 @@ t.test('postgres server', async (t) => {
 
 t.test('embedded PGlite', async (t) => {
   const db = await createEmptyEmbedded(t);
-  t.same(await migrate(db), [1], 'migrated');
+  t.same(await migrate(db), VERSIONS, 'migrated');
   suite(t, { kind: 'embedded', db, fresh: createEmptyEmbedded });
 });
 
-t.test('concurrent migrate() from two pools on one server database applies version 1 exactly once', async (t) => {
+t.test('concurrent migrate() from two pools on one server database applies every version exactly once', async (t) => {
   const empty = await createEmptyDatabase(t);
   const a = empty.open(1);
   const b = empty.open(1);
   // Connect both first, so the two migrations reach the server together.
   await Promise.all([a.query('SELECT 1'), b.query('SELECT 1')]);
   const results = await Promise.all([migrate(a), migrate(b)]);
-  t.same(results.map((r) => r.join(',')).sort(), ['', '1'], 'one applied it, the other found it applied');
-  t.equal(await count(a, 'SELECT count(*)::int AS n FROM schema_migration'), 1);
-  t.equal(await count(b, "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'"), 6);
+  t.same(results.map((r) => r.join(',')).sort(), ['', VERSIONS.join(',')], 'one applied them, the other found them applied');
+  t.equal(await count(a, 'SELECT count(*)::int AS n FROM schema_migration'), VERSIONS.length);
+  t.ok(await count(b, "SELECT count(*)::int AS n FROM pg_tables WHERE schemaname = 'public'") >= LKM_TABLES.length);
 });
 
 t.test('a failed postgres transaction returns a clean connection to the pool', async (t) => {
@@ -485,13 +494,13 @@ t.test('embedded lock', async (t) => {
       t.match(second.message, `in use by process ${process.pid}`);
     }
     t.equal(readFileSync(lockPath(dir), 'utf8'), String(process.pid), 'the refused open left the lock alone');
-    t.equal(await count(first, 'SELECT count(*)::int AS n FROM schema_migration'), 1, 'the first handle still works');
+    t.equal(await count(first, 'SELECT count(*)::int AS n FROM schema_migration'), VERSIONS.length, 'the first handle still works');
 
     await first.close();
     firstOpen = false;
     t.notOk(existsSync(lockPath(dir)), 'close releases the lock');
     const again = await openEmbedded({ dataDir: dir });
-    t.equal(await count(again, 'SELECT count(*)::int AS n FROM schema_migration'), 1, 'reopened with its data');
+    t.equal(await count(again, 'SELECT count(*)::int AS n FROM schema_migration'), VERSIONS.length, 'reopened with its data');
     await again.close();
   });
 

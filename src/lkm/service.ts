@@ -1,7 +1,8 @@
-import { randomUUID } from 'node:crypto';
-import { HsmError, encodeRsaPublicKey, modulusBits, type KeyStore, type RsaPadding } from '../../hsm/index.js';
-import type { KeypairRepository, KeypairRow } from '../db/keypairs.js';
+import { HsmError, type KeyStore, type RsaPadding } from '../../hsm/index.js';
+import type { KeypairRecord, KeypairRepository, KeypairRow, KeypairState } from '../db/keypairs.js';
+import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
+import type { KeyGenerator } from '../keys/generator.js';
 
 /** The only key size the Local Key Manager generates (Genesys Cloud expects RSA-3072). */
 export const LKM_MODULUS_BITS = 3072;
@@ -24,12 +25,33 @@ export interface DecryptInput {
 export interface LkmServiceOptions {
   keyStore: KeyStore;
   keypairs: KeypairRepository;
+  /** Generates keys crash-consistently (when the pool is empty or disabled). */
+  generator: KeyGenerator;
+  /** Take POST /keypair's key from the pool first (KEY_POOL_SIZE > 0). */
+  usePool?: boolean;
+  /** Told when a pool key was handed out (the refiller tops up). */
+  onPoolKeyTaken?: () => void;
+  /**
+   * How long a keypair's state is trusted before the database is asked again: a key disabled
+   * through another instance stops decrypting here within this time. Default 2 s.
+   */
+  stateTtlMs?: number;
   clock?: () => number;
   /** Told when the token has no key for a keypair the database lists: that must never happen. */
   onMissingKey?: (keypairId: string) => void;
-  /** Told when a generated key could not be recorded and stays in the token without a row. */
-  onOrphanKey?: (keypairId: string, err: unknown) => void;
+  /** Told when a keypair's state is served from the cache because the database is unavailable. */
+  onStaleState?: (keypairId: string, err: unknown) => void;
 }
+
+interface CachedKey {
+  /** The only valid ciphertext length (modulus bytes). */
+  bytes: number;
+  state: KeypairState;
+  checkedAt: number;
+}
+
+const DEFAULT_STATE_TTL_MS = 2_000;
+const VISIBLE = new Set<KeypairState>(['enabled', 'disabled', 'pending_deletion']);
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** RFC 4648 §4 alphabet; padding optional, as Java's Base64 decoder accepts. */
@@ -59,42 +81,40 @@ export class LkmService {
   readonly #keypairs: KeypairRepository;
   readonly #clock: () => number;
   readonly #onMissingKey: LkmServiceOptions['onMissingKey'];
-  readonly #onOrphanKey: LkmServiceOptions['onOrphanKey'];
-  /** Ciphertext length per known keypair; keypairs never change, so no expiry. */
-  readonly #lengths = new Map<string, number>();
+  readonly #onStaleState: LkmServiceOptions['onStaleState'];
+  readonly #generator: KeyGenerator;
+  readonly #usePool: boolean;
+  readonly #onPoolKeyTaken: LkmServiceOptions['onPoolKeyTaken'];
+  readonly #stateTtlMs: number;
+  /** Ciphertext length and state per keypair; the state is re-read after stateTtlMs. */
+  readonly #keys = new Map<string, CachedKey>();
+  readonly #refreshing = new Map<string, Promise<CachedKey | undefined>>();
 
   constructor(options: LkmServiceOptions) {
     this.#keyStore = options.keyStore;
     this.#keypairs = options.keypairs;
+    this.#generator = options.generator;
+    this.#usePool = options.usePool ?? false;
+    this.#onPoolKeyTaken = options.onPoolKeyTaken;
+    this.#stateTtlMs = options.stateTtlMs ?? DEFAULT_STATE_TTL_MS;
     this.#clock = options.clock ?? Date.now;
     this.#onMissingKey = options.onMissingKey;
-    this.#onOrphanKey = options.onOrphanKey;
+    this.#onStaleState = options.onStaleState;
   }
 
   /**
-   * Generate a key pair in the token, then record it. If recording fails the token key is kept
-   * (reported as an orphan), never destroyed: the row might have been written after all.
+   * A new keypair for `owner`: a pool key when one is ready (one UPDATE), otherwise generated
+   * now. Either way the token holds the key before the row is visible (see KeyGenerator).
    */
   async createKeypair(owner: string | null): Promise<KeypairView> {
-    const id = randomUUID();
-    const publicKey = await this.#keyStore.generateRsaKeyPair(id, LKM_MODULUS_BITS);
-    const row: KeypairRow = {
-      id,
-      publicKey: encodeRsaPublicKey(publicKey),
-      modulusBits: modulusBits(publicKey.modulus),
-      dateCreated: new Date(this.#clock()),
-      owner,
-    };
-    try {
-      await this.#keypairs.insert(row);
-    } catch (err) {
-      this.#onOrphanKey?.(id, err);
-      throw err;
-    }
-    this.#lengths.set(id, Math.ceil(row.modulusBits / 8));
+    let row = this.#usePool ? await this.#keypairs.takeFromPool(owner, new Date(this.#clock())) : undefined;
+    if (row) this.#onPoolKeyTaken?.();
+    row ??= await this.#generator.generate({ state: 'enabled', owner });
+    this.#remember(row.id, Math.ceil(row.modulusBits / 8), row.state);
     return view(row);
   }
 
+  /** Keypairs handed out and not deleted; the LKM shape has no state, so disabled ones show too. */
   async listKeypairs(): Promise<KeypairView[]> {
     return (await this.#keypairs.list()).map(view);
   }
@@ -102,7 +122,12 @@ export class LkmService {
   async getKeypair(id: string): Promise<KeypairView | undefined> {
     if (!isUuid(id)) return undefined;
     const row = await this.#keypairs.find(id);
-    return row ? view(row) : undefined;
+    return row && VISIBLE.has(row.state) ? view(row) : undefined;
+  }
+
+  /** Forget what this instance knows about a keypair's state (it just changed here). */
+  forgetState(keypairId: string): void {
+    this.#keys.delete(keypairId);
   }
 
   async decrypt(input: DecryptInput): Promise<Buffer> {
@@ -118,7 +143,7 @@ export class LkmService {
     const ciphertext = decodeBase64(body);
     if (ciphertext === undefined) throw new AppError('KEY_ERR_BODY_NOT_BASE64');
 
-    const expected = await this.#ciphertextLength(keypairId);
+    const expected = await this.#usableKeyLength(keypairId);
     if (ciphertext.length !== expected) {
       throw new AppError('KEY_ERR_CIPHERTEXT_LENGTH', {
         message: `Decrypt body must be ${expected} bytes (an RSA-${expected * 8} ciphertext), not ${ciphertext.length}`,
@@ -140,13 +165,57 @@ export class LkmService {
     }
   }
 
-  async #ciphertextLength(keypairId: string): Promise<number> {
-    const known = this.#lengths.get(keypairId);
-    if (known !== undefined) return known;
-    const row = await this.#keypairs.find(keypairId);
-    if (!row) throw new AppError('KEY_ERR_NOT_FOUND');
-    const length = Math.ceil(row.modulusBits / 8);
-    this.#lengths.set(keypairId, length);
-    return length;
+  async #refresh(keypairId: string, known: CachedKey | undefined): Promise<CachedKey | undefined> {
+    let row: KeypairRecord | undefined;
+    try {
+      row = await this.#keypairs.find(keypairId);
+    } catch (err) {
+      if (!(err instanceof DatabaseUnavailableError) || !known) throw err;
+      this.#onStaleState?.(keypairId, err);
+      // Keep the last known state and ask again after another TTL, not on every decrypt.
+      known.checkedAt = this.#clock();
+      return known;
+    }
+    if (row) return this.#remember(keypairId, Math.ceil(row.modulusBits / 8), row.state);
+    this.#keys.delete(keypairId);
+    return undefined;
+  }
+
+  #remember(keypairId: string, bytes: number, state: KeypairState): CachedKey {
+    const entry = { bytes, state, checkedAt: this.#clock() };
+    this.#keys.set(keypairId, entry);
+    return entry;
+  }
+
+  /**
+   * The ciphertext length of a keypair that may decrypt now. Its state is cached for
+   * stateTtlMs (a primary-key read per decrypt would put the database on the hot path); while
+   * the database is unavailable the last known state is used, so playback goes on.
+   */
+  async #usableKeyLength(keypairId: string): Promise<number> {
+    let entry = this.#keys.get(keypairId);
+    if (!entry || this.#clock() - entry.checkedAt >= this.#stateTtlMs) {
+      // Concurrent decrypts with one keypair share one read.
+      let refresh = this.#refreshing.get(keypairId);
+      if (!refresh) {
+        refresh = this.#refresh(keypairId, entry).finally(() => this.#refreshing.delete(keypairId));
+        this.#refreshing.set(keypairId, refresh);
+      }
+      entry = await refresh;
+    }
+    if (!entry) throw new AppError('KEY_ERR_NOT_FOUND');
+    switch (entry.state) {
+      case 'enabled':
+        return entry.bytes;
+      case 'disabled':
+        throw new AppError('KEY_ERR_KEYPAIR_DISABLED');
+      case 'pending_deletion':
+        throw new AppError('KEY_ERR_KEYPAIR_PENDING_DELETION');
+      case 'deleted':
+        throw new AppError('KEY_ERR_KEYPAIR_DELETED');
+      default:
+        // Pool and generating rows are nobody's keypair yet.
+        throw new AppError('KEY_ERR_NOT_FOUND');
+    }
   }
 }

@@ -1,0 +1,179 @@
+import type { KeyStore } from '../../hsm/index.js';
+import type { RecordAuditEvent } from '../audit/events.js';
+import type { KeypairRecord, KeypairRepository, KeypairState } from '../db/keypairs.js';
+import { AppError } from '../errors.js';
+import { isUuid } from '../lkm/service.js';
+
+/** The waiting period before a scheduled deletion may be purged (AWS KMS: 7–30 days). */
+export const DELETION_DAYS = { min: 7, max: 30, default: 30 } as const;
+const DAY_MS = 86_400_000;
+
+/** A keypair as the admin API and `strongroom keys list` show it. */
+export interface KeypairAdminView {
+  id: string;
+  state: KeypairState;
+  origin: string;
+  owner: string | null;
+  /** ISO-8601. */
+  dateCreated: string;
+  stateChangedAt: string;
+  deleteAfter: string | null;
+  modulusBits: number;
+  publicKey: string;
+  /** Whether the token holds the private key (only when asked for: it costs a token lookup). */
+  inToken?: boolean;
+}
+
+export function adminView(row: KeypairRecord, inToken?: boolean): KeypairAdminView {
+  return {
+    id: row.id,
+    state: row.state,
+    origin: row.origin,
+    owner: row.owner,
+    dateCreated: row.dateCreated.toISOString(),
+    stateChangedAt: row.stateChangedAt.toISOString(),
+    deleteAfter: row.deleteAfter ? row.deleteAfter.toISOString() : null,
+    modulusBits: row.modulusBits,
+    publicKey: row.publicKey.toString('base64'),
+    ...(inToken !== undefined && { inToken }),
+  };
+}
+
+export interface KeyLifecycleOptions {
+  keypairs: KeypairRepository;
+  keyStore: KeyStore;
+  audit: RecordAuditEvent;
+  clock?: () => number;
+  /** Told after every state change (the service drops its cached state at once). */
+  onChange?: (keypairId: string) => void;
+}
+
+export interface PurgeResult {
+  /** Keypairs whose token objects were destroyed by this run. */
+  purged: string[];
+}
+
+/**
+ * Enabled ⇄ Disabled; Enabled/Disabled → PendingDeletion (waiting period 7–30 days) → Deleted
+ * by `purge` once the date has passed; cancelling a deletion leaves the keypair Disabled (as AWS
+ * KMS does), so using it again is a second, deliberate step. Every change is audited before it
+ * is reported done. Pool and generating rows are not keypairs to anyone yet: they are "not found".
+ */
+export class KeyLifecycle {
+  readonly #o: KeyLifecycleOptions;
+  readonly #clock: () => number;
+
+  constructor(options: KeyLifecycleOptions) {
+    this.#o = options;
+    this.#clock = options.clock ?? Date.now;
+  }
+
+  /** Keypairs handed out (every state but pool), oldest first; `checkToken` adds `inToken`. */
+  async list(options: { checkToken?: boolean; includePool?: boolean } = {}): Promise<KeypairAdminView[]> {
+    const rows = (await this.#o.keypairs.listAll()).filter((r) => options.includePool || r.state !== 'pool');
+    if (!options.checkToken) return rows.map((r) => adminView(r));
+    const inToken = new Set(await this.#o.keyStore.listKeyPairIds());
+    return rows.map((r) => adminView(r, inToken.has(r.id)));
+  }
+
+  async get(id: string): Promise<KeypairAdminView> {
+    return adminView(await this.#find(id));
+  }
+
+  disable(id: string, actor: string): Promise<KeypairAdminView> {
+    return this.#move(id, actor, 'keypair.disable', ['enabled'], 'disabled');
+  }
+
+  enable(id: string, actor: string): Promise<KeypairAdminView> {
+    return this.#move(id, actor, 'keypair.enable', ['disabled'], 'enabled');
+  }
+
+  scheduleDeletion(id: string, days: unknown, actor: string): Promise<KeypairAdminView> {
+    const n = days === undefined || days === null ? DELETION_DAYS.default : typeof days === 'string' && /^\d+$/.test(days) ? Number(days) : days;
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < DELETION_DAYS.min || n > DELETION_DAYS.max) {
+      throw new AppError('KEY_ERR_DELETION_DAYS');
+    }
+    const deleteAfter = new Date(this.#clock() + n * DAY_MS);
+    return this.#move(id, actor, 'keypair.schedule-deletion', ['enabled', 'disabled'], 'pending_deletion', deleteAfter, { days: n });
+  }
+
+  cancelDeletion(id: string, actor: string): Promise<KeypairAdminView> {
+    return this.#move(id, actor, 'keypair.cancel-deletion', ['pending_deletion'], 'disabled', null);
+  }
+
+  /** Keypairs that `purge` would destroy now. */
+  async due(): Promise<KeypairAdminView[]> {
+    return (await this.#o.keypairs.listDue(new Date(this.#clock()))).map((r) => adminView(r));
+  }
+
+  /**
+   * Destroy the token objects of every keypair past its deletion date. The row is marked
+   * `deleted` first, then the key is destroyed: a kill in between leaves a deleted row whose key
+   * is still in the token (finished by the next purge), never a live row without its key.
+   */
+  async purge(actor: string, onProgress?: (id: string) => void): Promise<PurgeResult> {
+    const now = new Date(this.#clock());
+    const purged: string[] = [];
+    for (const row of await this.#o.keypairs.listDue(now)) {
+      const moved = await this.#o.keypairs.transition(row.id, ['pending_deletion'], 'deleted', now);
+      if (!moved) continue; // cancelled or purged elsewhere meanwhile
+      this.#o.onChange?.(row.id);
+      await this.#o.audit({
+        event: 'keypair.delete',
+        actor,
+        keypairId: row.id,
+        detail: { from: 'pending_deletion', to: 'deleted', deleteAfter: row.deleteAfter?.toISOString() ?? null },
+      });
+      const destroyed = await this.#o.keyStore.deleteKeyPair(row.id);
+      if (!destroyed) {
+        await this.#o.audit({ event: 'keypair.purge-missing-key', actor, keypairId: row.id, detail: {} });
+      }
+      purged.push(row.id);
+      onProgress?.(row.id);
+    }
+    // Deletions a kill interrupted between the two steps.
+    for (const row of await this.#o.keypairs.listIn(['deleted'])) {
+      if (!(await this.#o.keyStore.getRsaPublicKey(row.id))) continue;
+      await this.#o.keyStore.deleteKeyPair(row.id);
+      await this.#o.audit({ event: 'keypair.delete', actor, keypairId: row.id, detail: { resumed: true } });
+      purged.push(row.id);
+    }
+    return { purged };
+  }
+
+  async #find(id: string): Promise<KeypairRecord> {
+    const row = isUuid(id) ? await this.#o.keypairs.find(id) : undefined;
+    if (!row || row.state === 'pool') throw new AppError('KEY_ERR_KEYPAIR_NOT_FOUND');
+    return row;
+  }
+
+  async #move(
+    id: string,
+    actor: string,
+    event: string,
+    from: readonly KeypairState[],
+    to: KeypairState,
+    deleteAfter?: Date | null,
+    detail: Record<string, unknown> = {},
+  ): Promise<KeypairAdminView> {
+    const current = await this.#find(id);
+    if (current.state === to && deleteAfter === undefined) return adminView(current);
+    if (!from.includes(current.state)) {
+      throw new AppError('KEY_ERR_INVALID_STATE', {
+        message: `Key pair ${id} is ${current.state.replace('_', ' ')}; this change needs it ${from.map((s) => s.replace('_', ' ')).join(' or ')}`,
+      });
+    }
+    const moved = await this.#o.keypairs.transition(id, from, to, new Date(this.#clock()), deleteAfter);
+    if (!moved) {
+      throw new AppError('KEY_ERR_INVALID_STATE', { message: `Key pair ${id} changed state meanwhile; read it again` });
+    }
+    this.#o.onChange?.(id);
+    await this.#o.audit({
+      event,
+      actor,
+      keypairId: id,
+      detail: { from: current.state, to, ...(moved.deleteAfter && to === 'pending_deletion' && { deleteAfter: moved.deleteAfter.toISOString() }), ...detail },
+    });
+    return adminView(moved);
+  }
+}
