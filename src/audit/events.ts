@@ -14,3 +14,10 @@ export interface AuditEvent {
 
 /** Records an event durably (database or spool) before resolving; rejects if it cannot. */
 export type RecordAuditEvent = (event: AuditEvent) => Promise<void>;
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Records an audited event in the request log's hash chain (see src/audit). */
+    audit: RecordAuditEvent;
+  }
+}

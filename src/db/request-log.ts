@@ -1,4 +1,6 @@
-import { toNumber, type Queryable } from './database.js';
+import { randomUUID } from 'node:crypto';
+import { appendRecords } from '../audit/store.js';
+import { toNumber, type Database, type Queryable } from './database.js';
 
 export interface RequestLogEntry {
   /** The caller's claim from `PureCloud-User-Id` (not covered by the Hawk MAC). */
@@ -42,19 +44,42 @@ export class RequestLogRepository {
     this.#db = db;
   }
 
+  /**
+   * Append one request entry to the audit chain directly, in its own transaction (the service
+   * goes through the batching AuditWriter instead; this serves tools and tests).
+   */
   async insert(e: RequestLogEntry): Promise<void> {
-    await this.#db.query(
-      `INSERT INTO request_log
-         (user_id, request_method, request_uri, logged_at, hawk_id, status_code, keypair_id, client_address)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-      [e.userId, e.method, e.uri, e.loggedAt, e.hawkId, e.statusCode, e.keypairId, e.clientAddress],
-    );
+    const db = this.#db as Partial<Database>;
+    if (typeof db.transaction !== 'function') throw new TypeError('RequestLogRepository.insert needs a Database, not a transaction');
+    await appendRecords(db as Database, [
+      {
+        uid: randomUUID(),
+        loggedAt: e.loggedAt,
+        userId: e.userId,
+        method: e.method,
+        uri: e.uri,
+        hawkId: e.hawkId,
+        statusCode: e.statusCode,
+        keypairId: e.keypairId === null ? null : e.keypairId.toLowerCase(),
+        clientAddress: e.clientAddress,
+        event: null,
+        actor: null,
+        detail: null,
+      },
+    ]);
   }
 
-  /** Visible entries (those after the latest clear), newest first. */
+  /**
+   * Visible entries (requests after the latest clear; audited events are not requests), newest
+   * first. The clear boundary is read first and passed as a value, so the planner sees it and
+   * picks the logged_at index (many visible rows) or the primary key (few) instead of guessing.
+   */
   async list(q: RequestLogQuery): Promise<LoggedRequest[]> {
-    const params: unknown[] = [];
-    const where = ['id > (SELECT COALESCE(max(cleared_through), 0) FROM request_log_clear)'];
+    const boundary = await this.#db.query<{ through: unknown }>(
+      'SELECT COALESCE(max(cleared_through), 0) AS through FROM request_log_clear',
+    );
+    const params: unknown[] = [toNumber(boundary.rows[0]?.through ?? 0)];
+    const where = ['id > $1', 'event IS NULL'];
     if (q.earliest) {
       params.push(q.earliest);
       where.push(`logged_at >= $${params.length}`);
@@ -80,12 +105,14 @@ export class RequestLogRepository {
     }));
   }
 
-  /** Hide every entry logged so far from `list`; nothing is destroyed. */
-  async clear(hawkId: string | null, now: Date): Promise<void> {
-    await this.#db.query(
+  /** Hide every entry logged so far from `list`; nothing is destroyed. Returns the last hidden id. */
+  async clear(hawkId: string | null, now: Date): Promise<number> {
+    const { rows } = await this.#db.query<{ cleared_through: unknown }>(
       `INSERT INTO request_log_clear (cleared_through, cleared_at, hawk_id)
-       SELECT COALESCE(max(id), 0), $1, $2 FROM request_log`,
+       SELECT COALESCE(max(id), 0), $1, $2 FROM request_log
+       RETURNING cleared_through`,
       [now, hawkId],
     );
+    return toNumber(rows[0]?.cleared_through ?? 0);
   }
 }

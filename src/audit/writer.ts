@@ -1,0 +1,236 @@
+import { randomUUID } from 'node:crypto';
+import type { Database } from '../db/database.js';
+import { AppError } from '../errors.js';
+import type { AuditRecord } from './chain.js';
+import type { AuditEvent } from './events.js';
+import type { AuditSpool } from './spool.js';
+import { appendRecords } from './store.js';
+
+/** Where the writer reports what an operator must know (a pino logger fits). */
+export interface AuditLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface AuditWriterOptions {
+  db: Database;
+  /** Where entries go while the database cannot take them; without one, such entries are refused. */
+  spool?: AuditSpool;
+  log?: AuditLogger;
+  /** How often a waiting spool is offered to the database again. */
+  retryMs?: number;
+  /** Entries written in one transaction at most. */
+  maxBatch?: number;
+  clock?: () => number;
+}
+
+/** Seconds a client should wait when an entry could be neither written nor spooled. */
+const RETRY_AFTER_SECONDS = '5';
+const REPLAY_CHUNK = 1000;
+
+interface Waiting {
+  record: AuditRecord;
+  resolve: () => void;
+  reject: (err: unknown) => void;
+}
+
+const silent: AuditLogger = { info() {}, warn() {}, error() {} };
+
+/** A request or event as a chain record with a fresh uid. */
+export function eventRecord(event: AuditEvent, at: Date): AuditRecord {
+  return {
+    uid: randomUUID(),
+    loggedAt: at,
+    userId: null,
+    method: null,
+    uri: null,
+    hawkId: null,
+    statusCode: null,
+    keypairId: event.keypairId ? event.keypairId.toLowerCase() : null,
+    clientAddress: null,
+    event: event.event,
+    actor: event.actor,
+    detail: event.detail ?? null,
+  };
+}
+
+/**
+ * Writes audit records with group commit: records that arrive while a transaction is in flight
+ * share the next one, so throughput is not bounded by commit latency and each caller waits
+ * about one batch. A record's promise resolves only once it is durable, in the database or in
+ * the fsync'd spool, and rejects (AUDIT_ERR_UNAVAILABLE) when neither could take it.
+ *
+ * Once anything is spooled, later records are spooled behind it until a replayer has moved the
+ * whole spool into the database, so the chain keeps the order in which records were made.
+ */
+export class AuditWriter {
+  readonly #db: Database;
+  readonly #spool: AuditSpool | undefined;
+  readonly #log: AuditLogger;
+  readonly #retryMs: number;
+  readonly #maxBatch: number;
+  readonly #clock: () => number;
+  #queue: Waiting[] = [];
+  #running: Promise<void> | undefined;
+  #spooling = false;
+  #replaying: Promise<void> | undefined;
+  /** Serialises spool appends with the replayer's final check-and-remove. */
+  #spoolTurn: Promise<unknown> = Promise.resolve();
+  #timer: NodeJS.Timeout | undefined;
+  #closed = false;
+
+  constructor(options: AuditWriterOptions) {
+    this.#db = options.db;
+    this.#spool = options.spool;
+    this.#log = options.log ?? silent;
+    this.#retryMs = options.retryMs ?? 2_000;
+    this.#maxBatch = options.maxBatch ?? 500;
+    this.#clock = options.clock ?? Date.now;
+  }
+
+  /** Take the spool slot and replay what a previous run left; then keep retrying while spooling. */
+  start(): void {
+    if (this.#spool) {
+      try {
+        this.#spool.acquire();
+        if (this.#spool.pending()) {
+          this.#spooling = true;
+          this.#log.warn({ spool: this.#spool.path }, 'audit entries wait in the spool; replaying them');
+        }
+      } catch (err) {
+        this.#log.error({ err }, 'audit spool is not usable; entries the database cannot take will be refused');
+      }
+    }
+    this.#timer = setInterval(() => {
+      if (this.#spooling) void this.replay();
+    }, this.#retryMs);
+    this.#timer.unref();
+    if (this.#spooling) void this.replay();
+  }
+
+  /** True while entries are being spooled instead of written to the database. */
+  get spooling(): boolean {
+    return this.#spooling;
+  }
+
+  /** Durably record one entry (see the class comment). */
+  record(record: AuditRecord): Promise<void> {
+    if (this.#closed) return Promise.reject(unavailable('audit writer is closed'));
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ record, resolve, reject });
+      this.#running ??= this.#drain();
+    });
+  }
+
+  /** Durably record an event (key state change, credential change, log clear). */
+  recordEvent(event: AuditEvent): Promise<void> {
+    return this.record(eventRecord(event, new Date(this.#clock())));
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, this.#maxBatch);
+        const records = batch.map((w) => w.record);
+        try {
+          await this.#write(records);
+          for (const w of batch) w.resolve();
+        } catch (err) {
+          for (const w of batch) w.reject(err);
+        }
+      }
+    } finally {
+      // Cleared in the same tick as the last empty-queue check: a record() arriving after it
+      // starts a new drain instead of waiting on one that has finished.
+      this.#running = undefined;
+    }
+  }
+
+  async #write(records: AuditRecord[]): Promise<void> {
+    if (!this.#spooling) {
+      try {
+        await appendRecords(this.#db, records);
+        return;
+      } catch (err) {
+        if (!this.#spool) throw unavailable('the audit log cannot be written', err);
+        this.#log.warn({ err, entries: records.length }, 'audit entries could not be written to the database; spooling them');
+      }
+    }
+    await this.#appendToSpool(records);
+  }
+
+  #appendToSpool(records: AuditRecord[]): Promise<void> {
+    const spool = this.#spool;
+    if (!spool) return Promise.reject(unavailable('the audit log cannot be written'));
+    const turn = this.#spoolTurn.then(async () => {
+      try {
+        await spool.append(records);
+      } catch (err) {
+        this.#log.error({ err, entries: records.length }, 'audit entries could be neither written nor spooled; refusing');
+        throw unavailable('the audit log and its spool cannot be written', err);
+      }
+      this.#spooling = true;
+    });
+    this.#spoolTurn = turn.catch(() => undefined);
+    return turn;
+  }
+
+  /** Move spooled entries into the database, in order; resolves when done or when it must wait. */
+  replay(): Promise<void> {
+    const spool = this.#spool;
+    if (!spool) return Promise.resolve();
+    this.#replaying ??= (async () => {
+      let moved = 0;
+      try {
+        for (;;) {
+          const chunk = await spool.next(REPLAY_CHUNK);
+          if (chunk) {
+            // Duplicates (a crash after a commit, before the offset moved) are skipped by uid.
+            await appendRecords(this.#db, chunk.records);
+            chunk.done();
+            moved += chunk.records.length;
+            continue;
+          }
+          const settled = this.#spoolTurn.then(async () => {
+            if (!(await spool.settle())) return false;
+            this.#spooling = false;
+            return true;
+          });
+          this.#spoolTurn = settled.catch(() => undefined);
+          if (await settled) break;
+        }
+        if (moved > 0) this.#log.info({ entries: moved }, 'spooled audit entries replayed into the database');
+      } catch (err) {
+        this.#log.warn({ err, replayed: moved }, 'audit spool replay paused; the database is still unavailable');
+      } finally {
+        this.#replaying = undefined;
+      }
+    })();
+    return this.#replaying;
+  }
+
+  /** Resolves once every record handed in so far is durable (or refused). */
+  async flush(): Promise<void> {
+    while (this.#running) await this.#running;
+    await this.#spoolTurn;
+  }
+
+  /** Flush, try one last replay, and release the spool (what is left is replayed at next start). */
+  async close(): Promise<void> {
+    await this.flush();
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    if (this.#spooling) await this.replay();
+    await this.#replaying;
+    await this.#spool?.close();
+  }
+}
+
+function unavailable(detail: string, cause?: unknown): AppError {
+  return new AppError('AUDIT_ERR_UNAVAILABLE', {
+    detail,
+    cause,
+    headers: { 'retry-after': RETRY_AFTER_SECONDS },
+  });
+}
