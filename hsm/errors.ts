@@ -30,6 +30,10 @@ export type HsmErrorCode =
   | 'HSM_ERR_CUSTODY'
   /** An imported key failed its consistency check. */
   | 'HSM_ERR_KEY_INVALID'
+  /** A backup or wrapped-KEK file is malformed, tampered with, or made under another KEK. */
+  | 'HSM_ERR_BACKUP_INVALID'
+  /** The token already holds keys (or a KEK) and strongroom refuses to overwrite them. */
+  | 'HSM_ERR_TOKEN_IN_USE'
   /** Anything else the token reported. */
   | 'HSM_ERR_INTERNAL';
 

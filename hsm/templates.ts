@@ -140,6 +140,187 @@ export function custodyWrapperTemplate(): Template {
   ];
 }
 
+/** Label of the backup KEK's wrap half (CKA_TRUSTED, created by the SO). */
+export const BACKUP_KEK_LABEL = 'strongroom-backup-kek';
+/** Label of the backup KEK's unwrap half (same value, private to the user). */
+export const BACKUP_UNWRAP_LABEL = 'strongroom-backup-kek-unwrap';
+/** Label of the RSA pair a new token offers to receive the KEK. */
+export const TRANSPORT_KEY_LABEL = 'strongroom-transport';
+
+const aes256 = (token: boolean): Template => [
+  { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+  { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+  { type: pkcs11js.CKA_TOKEN, value: token },
+  { type: pkcs11js.CKA_SENSITIVE, value: true },
+  { type: pkcs11js.CKA_ENCRYPT, value: false },
+  { type: pkcs11js.CKA_DECRYPT, value: false },
+  { type: pkcs11js.CKA_SIGN, value: false },
+  { type: pkcs11js.CKA_VERIFY, value: false },
+  { type: pkcs11js.CKA_DERIVE, value: false },
+];
+
+/*
+ * The backup KEK is two objects with one value. Only the SO may set CKA_TRUSTED and the SO
+ * reaches only public objects (SoftHSM 2.6.1: CKR_ATTRIBUTE_READ_ONLY for the user,
+ * CKR_USER_NOT_LOGGED_IN for a private SO object), so the trusted half is public. A public key
+ * that could unwrap would let a session without any PIN turn a backup file into plaintext keys
+ * (measured), so the public half only wraps and is frozen; unwrapping belongs to a private twin.
+ * SoftHSM applies unwrap templates in order and refuses anything after CKA_MODIFIABLE=false:
+ * it stays last.
+ */
+
+/** The KEK's wrap half: public, CKA_TRUSTED, wrap-only, leaves the token only under a trusted key. */
+export function backupKekTemplate(objectId: Buffer): Template {
+  return [
+    ...aes256(true),
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    { type: pkcs11js.CKA_TRUSTED, value: true },
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_UNWRAP, value: false },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+    { type: pkcs11js.CKA_WRAP_WITH_TRUSTED, value: true },
+    { type: pkcs11js.CKA_COPYABLE, value: false },
+    { type: pkcs11js.CKA_DESTROYABLE, value: false },
+    { type: pkcs11js.CKA_ID, value: objectId },
+    { type: pkcs11js.CKA_LABEL, value: BACKUP_KEK_LABEL },
+    { type: pkcs11js.CKA_MODIFIABLE, value: false },
+  ];
+}
+
+/** The KEK's unwrap half: private, unwrap-only, never extractable. For C_UnwrapKey (no VALUE_LEN). */
+export function backupUnwrapKeyTemplate(objectId: Buffer): Template {
+  return [
+    ...aes256(true),
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_WRAP, value: false },
+    { type: pkcs11js.CKA_UNWRAP, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_COPYABLE, value: false },
+    { type: pkcs11js.CKA_ID, value: objectId },
+    { type: pkcs11js.CKA_LABEL, value: BACKUP_UNWRAP_LABEL },
+    { type: pkcs11js.CKA_MODIFIABLE, value: false },
+  ];
+}
+
+/**
+ * A session-only AES key that carries the KEK between the SO's and the user's login inside one
+ * session (public session objects survive C_Logout). `trusted` only when the SO makes it.
+ */
+export function ceremonyKeyTemplate(trusted: boolean): Template {
+  return [
+    ...aes256(false),
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    ...(trusted ? [{ type: pkcs11js.CKA_TRUSTED, value: true }] : []),
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_UNWRAP, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+  ];
+}
+
+/** The KEK as a private session object while it is being imported (C_UnwrapKey template). */
+export function kekInTransitTemplate(): Template {
+  return [
+    ...aes256(false),
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_UNWRAP, value: false },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+  ];
+}
+
+/** The KEK's wrap half as unwrapped by the SO on a new token (C_UnwrapKey template). */
+export function backupKekUnwrapTemplate(objectId: Buffer): Template {
+  return backupKekTemplate(objectId).filter((a) => a.type !== pkcs11js.CKA_VALUE_LEN);
+}
+
+/** A known, public AES value wrapped under the KEK names the KEK (AES-KWP is deterministic). */
+export function kekCheckTemplate(): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_AES },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    { type: pkcs11js.CKA_VALUE, value: Buffer.alloc(32) },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+  ];
+}
+
+/** The transport pair's public half: only its numbers matter (the file carries them). */
+export function transportPublicTemplate(objectId: Buffer, modulusBits: number): Template {
+  return [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    { type: pkcs11js.CKA_ENCRYPT, value: false },
+    { type: pkcs11js.CKA_WRAP, value: false },
+    { type: pkcs11js.CKA_VERIFY, value: false },
+    { type: pkcs11js.CKA_MODULUS_BITS, value: modulusBits },
+    { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: F4 },
+    { type: pkcs11js.CKA_ID, value: objectId },
+    { type: pkcs11js.CKA_LABEL, value: TRANSPORT_KEY_LABEL },
+  ];
+}
+
+/** The transport pair's private half: unwraps only, never leaves the token. */
+export function transportPrivateTemplate(objectId: Buffer): Template {
+  return [
+    { type: pkcs11js.CKA_TOKEN, value: true },
+    { type: pkcs11js.CKA_PRIVATE, value: true },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_UNWRAP, value: true },
+    { type: pkcs11js.CKA_DECRYPT, value: false },
+    { type: pkcs11js.CKA_SIGN, value: false },
+    { type: pkcs11js.CKA_DERIVE, value: false },
+    { type: pkcs11js.CKA_ID, value: objectId },
+    { type: pkcs11js.CKA_LABEL, value: TRANSPORT_KEY_LABEL },
+  ];
+}
+
+/** A new token's transport key as approved by the old token's SO: session-only, trusted, wrap-only. */
+export function approvedTransportKeyTemplate(key: RsaPublicKey): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PUBLIC_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_PRIVATE, value: false },
+    { type: pkcs11js.CKA_TRUSTED, value: true },
+    { type: pkcs11js.CKA_WRAP, value: true },
+    { type: pkcs11js.CKA_ENCRYPT, value: false },
+    { type: pkcs11js.CKA_VERIFY, value: false },
+    { type: pkcs11js.CKA_MODULUS, value: key.modulus },
+    { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: key.publicExponent },
+  ];
+}
+
+/** A fresh per-backup HMAC key: generated, wrapped under the KEK into the file, then dropped. */
+export function backupMacKeyTemplate(): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+    { type: pkcs11js.CKA_VALUE_LEN, value: 32 },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: true },
+    { type: pkcs11js.CKA_SIGN, value: true },
+    { type: pkcs11js.CKA_VERIFY, value: false },
+  ];
+}
+
+/** The per-backup HMAC key as unwrapped at restore: verify only (C_UnwrapKey template). */
+export function backupMacVerifyTemplate(): Template {
+  return [
+    { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_SECRET_KEY },
+    { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_GENERIC_SECRET },
+    { type: pkcs11js.CKA_TOKEN, value: false },
+    { type: pkcs11js.CKA_SENSITIVE, value: true },
+    { type: pkcs11js.CKA_EXTRACTABLE, value: false },
+    { type: pkcs11js.CKA_SIGN, value: false },
+    { type: pkcs11js.CKA_VERIFY, value: true },
+  ];
+}
+
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 /** CKA_ID of a keypair: the 16 bytes of its UUID. */

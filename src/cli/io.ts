@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { StringDecoder } from 'node:string_decoder';
 import type { Readable, Writable } from 'node:stream';
 import { UsageError } from './command.js';
 
@@ -38,12 +39,63 @@ export function say(io: CliIo, line: string): void {
   if (!io.json) io.stderr.write(`${line}\n`);
 }
 
+/**
+ * Read one line from a terminal without echo. A TTY in its normal (cooked) mode echoes every key
+ * itself, whatever readline does; raw mode turns the echo off, so the line is assembled here.
+ */
+async function readHiddenFromTty(io: CliIo): Promise<string> {
+  const input = io.stdin;
+  const decoder = new StringDecoder('utf8');
+  input.setRawMode?.(true);
+  input.resume();
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      let value = '';
+      const onData = (chunk: Buffer | string) => {
+        const text = typeof chunk === 'string' ? chunk : decoder.write(chunk);
+        for (const ch of text) {
+          if (ch === '\r' || ch === '\n') {
+            cleanup();
+            resolve(value);
+            return;
+          }
+          if (ch === '\u0003') {
+            cleanup();
+            reject(new UsageError('cancelled'));
+            return;
+          }
+          if (ch === '\u0004' && value === '') {
+            cleanup();
+            reject(new UsageError('no answer: standard input closed'));
+            return;
+          }
+          if (ch === '\u007f' || ch === '\b') value = value.slice(0, -1);
+          else if (ch === '\u0015') value = '';
+          else if (ch >= ' ') value += ch;
+        }
+      };
+      const onEnd = () => {
+        cleanup();
+        reject(new UsageError('no answer: standard input closed'));
+      };
+      const cleanup = () => {
+        input.off('data', onData);
+        input.off('end', onEnd);
+      };
+      input.on('data', onData);
+      input.once('end', onEnd);
+    });
+  } finally {
+    input.setRawMode?.(false);
+    input.pause();
+    io.stderr.write('\n');
+  }
+}
+
 async function readLine(io: CliIo, prompt: string, hidden: boolean): Promise<string> {
   io.stderr.write(prompt);
+  if (hidden && io.stdin.isTTY && io.stdin.setRawMode) return readHiddenFromTty(io);
   const rl = createInterface({ input: io.stdin, terminal: false });
-  const raw = hidden && io.stdin.isTTY && io.stdin.setRawMode ? io.stdin : undefined;
-  // No echo for secrets: readline without a terminal does not echo; a raw TTY would, so mute it.
-  raw?.setRawMode?.(false);
   try {
     const line = await new Promise<string>((resolve, reject) => {
       rl.once('line', resolve);
