@@ -101,6 +101,32 @@ ensure_dev_token() {
   chmod 0600 "$SECRETS_DIR"/*
 }
 
+# MariaDB on 127.0.0.1:3306 (root, empty password) for the legacy-import tests: the example
+# service's keypair table lives there. Installed and started (without systemd) when missing.
+ensure_mariadb() {
+  if node -e "require('net').connect(3306,'127.0.0.1').on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))" 2>/dev/null; then
+    return
+  fi
+  [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
+  say "starting MariaDB"
+  as_root install -d -o mysql -g mysql /run/mysqld
+  as_root start-stop-daemon --start --oknodo --background --chuid mysql --exec /usr/sbin/mariadbd -- \
+    --bind-address=127.0.0.1 --port=3306
+  local up=0
+  for _ in $(seq 1 30); do
+    if node -e "require('net').connect(3306,'127.0.0.1').on('connect',()=>process.exit(0)).on('error',()=>process.exit(1))" 2>/dev/null; then
+      up=1; break
+    fi
+    sleep 1
+  done
+  [ "$up" -eq 1 ] || die "MariaDB did not start on 127.0.0.1:3306"
+  # A fresh Debian install lets root in only over the socket; the tests connect over TCP.
+  if ! mariadb -h 127.0.0.1 -u root -e 'SELECT 1' >/dev/null 2>&1; then
+    say "allowing the MariaDB root user over TCP without a password (test machine)"
+    as_root mariadb -e "ALTER USER 'root'@'localhost' IDENTIFIED VIA unix_socket OR mysql_native_password USING PASSWORD('')"
+  fi
+}
+
 # A Postgres server for the tests: DATABASE_URL if given, else the local one (installed and
 # started if missing), reached as a CREATEDB role so each test file gets its own database.
 ensure_postgres() {

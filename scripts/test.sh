@@ -11,6 +11,7 @@ ensure_npm_deps
 build
 ensure_dev_token
 ensure_postgres
+ensure_mariadb
 
 cd "$ROOT"
 mkdir -p var/test

@@ -82,7 +82,7 @@ t.test('usage errors exit 2 with the usage text', async (t) => {
     ['no id', ['auth', 'register']],
     ['extra arguments', ['auth', 'register', 'genesys-cli-2', 'genesys-cli-3']],
     ['unknown command', ['keys', 'shred']],
-    ['unknown auth command', ['auth', 'revoke', 'genesys-cli-1']],
+    ['unknown auth command', ['auth', 'shred', 'genesys-cli-1']],
     ['unknown option', ['auth', 'register', 'genesys-cli-2', '--force']],
   ];
   for (const [name, args] of cases) {

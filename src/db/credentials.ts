@@ -41,6 +41,30 @@ export class CredentialRepository {
     }
   }
 
+  /** Every credential without its key, oldest first. */
+  async list(): Promise<Omit<CredentialRow, 'sealedKey'>[]> {
+    const { rows } = await this.#db.query<Omit<Raw, 'sealed_key'>>(
+      'SELECT id, algorithm, created_at, revoked_at FROM hawk_credential ORDER BY created_at, id',
+    );
+    return rows.map((r) => ({ id: r.id, algorithm: r.algorithm, createdAt: r.created_at, revokedAt: r.revoked_at }));
+  }
+
+  /** Mark `id` revoked (kept, never deleted: the request log names it). */
+  async revoke(id: string): Promise<'revoked' | 'already-revoked' | 'unknown'> {
+    const { rowCount } = await this.#db.query('UPDATE hawk_credential SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL', [id]);
+    if (rowCount > 0) return 'revoked';
+    return (await this.find(id)) ? 'already-revoked' : 'unknown';
+  }
+
+  /** Replace the sealed key of a credential that is not revoked; false when there is none. */
+  async replaceKey(id: string, sealedKey: Buffer): Promise<boolean> {
+    const { rowCount } = await this.#db.query(
+      'UPDATE hawk_credential SET sealed_key = $2 WHERE id = $1 AND revoked_at IS NULL',
+      [id, sealedKey],
+    );
+    return rowCount > 0;
+  }
+
   async find(id: string): Promise<CredentialRow | undefined> {
     const { rows } = await this.#db.query<Raw>(
       'SELECT id, sealed_key, algorithm, created_at, revoked_at FROM hawk_credential WHERE id = $1',
