@@ -87,6 +87,9 @@ export interface KeyStore {
    */
   checkCustody(): Promise<CustodyCheck>;
 
+  /** Resolve when a session of the pool is usable and logged in; HSM_ERR_UNAVAILABLE otherwise (readiness). */
+  checkLogin(): Promise<void>;
+
   /** Counters for operators and tests. */
   stats(): KeyStoreStats;
 

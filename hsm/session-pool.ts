@@ -5,6 +5,19 @@ export interface SessionFactory<S> {
   open(): S;
   /** Close a session, ignoring errors: it may already be gone. */
   close(session: S): void;
+  /**
+   * True when an operation's error means every session may be gone (token logged out, sessions
+   * closed underneath, device error): the idle sessions are then closed and reopened lazily too.
+   */
+  isFatal?(err: unknown): boolean;
+}
+
+export interface SessionPoolOptions {
+  /** First pause after a failed open, doubled on each further failure (default 100 ms). */
+  backoffInitialMs?: number;
+  /** Longest pause between attempts to open a session (default 5 s). */
+  backoffMaxMs?: number;
+  clock?: () => number;
 }
 
 /**
@@ -22,11 +35,20 @@ export class SessionPool<S> {
   #replaced = 0;
   #closed = false;
   #drained: (() => void) | undefined;
+  readonly #backoffInitial: number;
+  readonly #backoffMax: number;
+  readonly #clock: () => number;
+  #backoff = 0;
+  #retryAt = 0;
+  #rebuilds = 0;
 
-  constructor(factory: SessionFactory<S>, size: number) {
+  constructor(factory: SessionFactory<S>, size: number, options: SessionPoolOptions = {}) {
     if (!Number.isInteger(size) || size < 1) throw new RangeError('session pool size must be a positive integer');
     this.#factory = factory;
     this.#size = size;
+    this.#backoffInitial = options.backoffInitialMs ?? 100;
+    this.#backoffMax = options.backoffMaxMs ?? 5_000;
+    this.#clock = options.clock ?? Date.now;
   }
 
   /** Open every session now, so the first requests do not pay for it (and login errors surface at start). */
@@ -48,6 +70,16 @@ export class SessionPool<S> {
     return this.#replaced;
   }
 
+  /** How many times a fatal error made the pool drop its idle sessions. */
+  get rebuildCount(): number {
+    return this.#rebuilds;
+  }
+
+  /** Milliseconds until the next attempt to open a session is allowed (0: now). */
+  get backoffRemainingMs(): number {
+    return Math.max(0, this.#retryAt - this.#clock());
+  }
+
   /**
    * Run `fn` with exclusive use of a session. If `fn` throws, the session is replaced before
    * anyone else can get it, and the error is rethrown.
@@ -59,7 +91,7 @@ export class SessionPool<S> {
     try {
       result = await fn(session);
     } catch (err) {
-      this.#discard(session);
+      this.#discard(session, this.#factory.isFatal?.(err) === true);
       throw err;
     }
     this.#release(session);
@@ -94,9 +126,31 @@ export class SessionPool<S> {
   #openOne(): S {
     this.#open += 1;
     try {
-      return this.#factory.open();
+      return this.#tryOpen();
     } catch (err) {
       this.#open -= 1;
+      throw err;
+    }
+  }
+
+  /**
+   * Open through the backoff gate: after a failed open, further attempts fail at once with
+   * HSM_ERR_UNAVAILABLE until the pause is over, so a broken token is not hammered (nor a PIN
+   * locked by repeated logins) while every request still gets a fast answer.
+   */
+  #tryOpen(): S {
+    const now = this.#clock();
+    if (now < this.#retryAt) {
+      throw new HsmError('HSM_ERR_UNAVAILABLE', `token unavailable; next attempt in ${this.#retryAt - now} ms`);
+    }
+    try {
+      const session = this.#factory.open();
+      this.#backoff = 0;
+      this.#retryAt = 0;
+      return session;
+    } catch (err) {
+      this.#backoff = Math.min(this.#backoffMax, this.#backoff === 0 ? this.#backoffInitial : this.#backoff * 2);
+      this.#retryAt = this.#clock() + this.#backoff;
       throw err;
     }
   }
@@ -142,7 +196,15 @@ export class SessionPool<S> {
     });
   }
 
-  #discard(session: S): void {
+  #dropIdle(): void {
+    this.#rebuilds += 1;
+    for (const idle of this.#idle.splice(0)) {
+      this.#factory.close(idle);
+      this.#open -= 1;
+    }
+  }
+
+  #discard(session: S, fatal: boolean): void {
     this.#settled();
     this.#replaced += 1;
     // Open the replacement before closing the broken session: closing a token's last session
@@ -150,12 +212,15 @@ export class SessionPool<S> {
     let replacement: S | undefined;
     if (!this.#closed) {
       try {
-        replacement = this.#factory.open();
+        replacement = this.#tryOpen();
       } catch {
         replacement = undefined;
       }
     }
     this.#factory.close(session);
+    // The idle sessions most likely died with this one: reopen them on demand rather than let
+    // each fail one request.
+    if (fatal) this.#dropIdle();
     if (replacement === undefined) {
       this.#open -= 1;
       // Waiters would otherwise wait for a session that no longer exists.

@@ -181,10 +181,13 @@ t.test('a caller waiting while a session breaks gets the replacement', async (t)
   t.same(f.events, ['open 1', 'open 2', 'close 1'], 'replacement opened before the broken one closed');
 });
 
+// These cases are about which open serves whom; the backoff between opens has its own test.
+const NO_BACKOFF = { backoffInitialMs: 0 };
+
 t.test('a failing open during replacement shrinks the pool; the waiter is never left hanging', async (t) => {
   t.test('the waiter gets the open error when the token stays down', async (t) => {
     const f = new FakeFactory();
-    const pool = new SessionPool(f, 1);
+    const pool = new SessionPool(f, 1, NO_BACKOFF);
     const gate = deferred();
     const failing = pool.use(async () => {
       await gate.promise;
@@ -210,7 +213,7 @@ t.test('a failing open during replacement shrinks the pool; the waiter is never 
 
   t.test('the waiter gets a fresh session when only the replacement open failed', async (t) => {
     const f = new FakeFactory();
-    const pool = new SessionPool(f, 1);
+    const pool = new SessionPool(f, 1, NO_BACKOFF);
     const gate = deferred();
     const failing = pool.use(async () => {
       await gate.promise;
@@ -231,7 +234,7 @@ t.test('a failing open during replacement shrinks the pool; the waiter is never 
 
   t.test('every waiter settles, not only the first', async (t) => {
     const f = new FakeFactory();
-    const pool = new SessionPool(f, 1);
+    const pool = new SessionPool(f, 1, NO_BACKOFF);
     const gate = deferred();
     const failing = pool.use(async () => {
       await gate.promise;
@@ -253,7 +256,7 @@ t.test('a failing open during replacement shrinks the pool; the waiter is never 
 
   t.test('with other sessions still in use, waiters are served as they come back', async (t) => {
     const f = new FakeFactory();
-    const pool = new SessionPool(f, 2);
+    const pool = new SessionPool(f, 2, NO_BACKOFF);
     const gateA = deferred();
     const gateB = deferred();
     const a = pool.use(async () => {
@@ -347,4 +350,52 @@ t.test('a session that breaks after close() is closed, not replaced', async (t) 
   await t.rejects(failing, { message: 'broken' });
   t.same(f.events, ['open 1', 'close 1'], 'no replacement opened for a closed pool');
   t.equal(pool.openCount, 0, 'openCount = 0');
+});
+
+t.test('after a failed open, opens pause with a doubling backoff; success resets it', async (t) => {
+  const f = new FakeFactory();
+  let now = 1_000;
+  const pool = new SessionPool(f, 1, { backoffInitialMs: 100, backoffMaxMs: 400, clock: () => now });
+  const down = new Error('device error');
+  f.failOpens(down);
+  await t.rejects(pool.use((s) => s.id), down, 'the first attempt reaches the token and fails');
+  t.equal(pool.backoffRemainingMs, 100, 'then a 100 ms pause');
+  await t.rejects(pool.use((s) => s.id), { code: 'HSM_ERR_UNAVAILABLE' }, 'during the pause: refused at once');
+  t.same(f.events, ['open-failed'], 'without touching the token');
+  now += 100;
+  await t.rejects(pool.use((s) => s.id), down, 'after the pause the token is tried again');
+  t.equal(pool.backoffRemainingMs, 200, 'the pause doubled');
+  now += 200;
+  await t.rejects(pool.use((s) => s.id), down);
+  t.equal(pool.backoffRemainingMs, 400);
+  now += 400;
+  await t.rejects(pool.use((s) => s.id), down);
+  t.equal(pool.backoffRemainingMs, 400, 'capped at backoffMaxMs');
+  f.recover();
+  now += 400;
+  t.equal(await pool.use((s) => s.id), 1, 'the token is back: a session opens');
+  t.equal(pool.backoffRemainingMs, 0, 'and the backoff is reset');
+  t.same(f.events, ['open-failed', 'open-failed', 'open-failed', 'open-failed', 'open 1']);
+});
+
+t.test('a fatal error drops the idle sessions too; a non-fatal one replaces only its own', async (t) => {
+  const fatal = new Error('session handle invalid');
+  const f = new FakeFactory();
+  const factory = {
+    open: () => f.open(),
+    close: (s: FakeSession) => f.close(s),
+    isFatal: (err: unknown) => err === fatal,
+  };
+  const pool = new SessionPool(factory, 3);
+  pool.fill();
+  await t.rejects(pool.use(() => Promise.reject(new Error('bad padding'))), { message: 'bad padding' });
+  t.equal(pool.openCount, 3, 'non-fatal: the session was replaced, the others kept');
+  t.equal(pool.rebuildCount, 0);
+  await t.rejects(pool.use(() => Promise.reject(fatal)), fatal);
+  t.equal(pool.rebuildCount, 1, 'fatal: the pool is rebuilt');
+  t.equal(pool.openCount, 1, 'only the replacement is open; the idle ones were closed');
+  t.equal(f.live.size, 1, 'and the token agrees');
+  const ids = await Promise.all([1, 2, 3].map(() => pool.use(async (s) => s.id)));
+  t.equal(new Set(ids).size, 3, 'three requests at once get three sessions, reopened on demand');
+  t.equal(pool.openCount, 3);
 });

@@ -1,4 +1,5 @@
 import type { Queryable } from './database.js';
+import { DatabaseUnavailableError } from './unavailable.js';
 
 /**
  * Hawk nonces, shared by every instance through the database. A nonce may be used once per
@@ -26,5 +27,117 @@ export class NonceRepository {
   async purge(now: Date): Promise<number> {
     const { rowCount } = await this.#db.query('DELETE FROM hawk_nonce WHERE expires_at < $1', [now]);
     return rowCount;
+  }
+}
+
+export interface NonceGuardOptions {
+  repo: NonceRepository;
+  /** How long a nonce stays claimed (Hawk's skew on both sides of now). */
+  windowMs: number;
+  clock?: () => number;
+  /** Most nonces held in memory; the oldest are dropped first (default 250,000). */
+  maxLocal?: number;
+  /** Told when the database is unavailable and a claim was decided locally. */
+  onLocalClaim?: (err: DatabaseUnavailableError) => void;
+}
+
+/**
+ * Nonce claims through the shared database, with a per-instance replay cache in memory.
+ *
+ * Every nonce this instance accepts is also remembered locally for the Hawk window. While the
+ * database is unavailable claims are decided by that cache alone: replay protection degrades
+ * from all instances to this instance, and decrypt keeps working. Nonces accepted during the
+ * outage are written to the database once it answers again, so other instances refuse them too
+ * for the rest of their window.
+ */
+export class NonceGuard {
+  readonly #repo: NonceRepository;
+  readonly #windowMs: number;
+  readonly #clock: () => number;
+  readonly #max: number;
+  readonly #onLocal: NonceGuardOptions['onLocalClaim'];
+  /** `hawkId \0 nonce` → expiry (ms). Insertion order is expiry order: the window is constant. */
+  readonly #local = new Map<string, number>();
+  /** Accepted while the database was unavailable, not yet written to it. */
+  #unrecorded: Array<{ hawkId: string; nonce: string; expires: number }> = [];
+  #flushing = false;
+
+  constructor(options: NonceGuardOptions) {
+    this.#repo = options.repo;
+    this.#windowMs = options.windowMs;
+    this.#clock = options.clock ?? Date.now;
+    this.#max = options.maxLocal ?? 250_000;
+    this.#onLocal = options.onLocalClaim;
+  }
+
+  /** True when `nonce` was not used by `hawkId` within the window (and is now claimed). */
+  async claim(hawkId: string, nonce: string): Promise<boolean> {
+    const now = this.#clock();
+    this.#expire(now);
+    const key = `${hawkId}\0${nonce}`;
+    const seen = this.#local.get(key);
+    if (seen !== undefined && seen > now) return false;
+    const expires = now + this.#windowMs;
+    let claimed: boolean;
+    try {
+      claimed = await this.#repo.claim(hawkId, nonce, new Date(now), new Date(expires));
+    } catch (err) {
+      if (!(err instanceof DatabaseUnavailableError)) throw err;
+      this.#onLocal?.(err);
+      // Two requests racing with one nonce: the second sees the first's entry.
+      if (this.#local.has(key)) return false;
+      this.#remember(key, expires);
+      this.#unrecorded.push({ hawkId, nonce, expires });
+      return true;
+    }
+    if (claimed) this.#remember(key, expires);
+    if (this.#unrecorded.length > 0) void this.#flush();
+    return claimed;
+  }
+
+  /** Nonces held in memory now (for tests and metrics). */
+  get localSize(): number {
+    return this.#local.size;
+  }
+
+  /** Nonces accepted during an outage and not yet in the database. */
+  get unrecordedCount(): number {
+    return this.#unrecorded.length;
+  }
+
+  #remember(key: string, expires: number): void {
+    this.#local.delete(key);
+    this.#local.set(key, expires);
+    if (this.#local.size > this.#max) {
+      const oldest = this.#local.keys().next();
+      if (!oldest.done) this.#local.delete(oldest.value);
+    }
+  }
+
+  #expire(now: number): void {
+    for (const [key, expires] of this.#local) {
+      if (expires > now) return;
+      this.#local.delete(key);
+    }
+  }
+
+  /** Write the outage's nonces to the database; stops at the first failure and tries again later. */
+  async #flush(): Promise<void> {
+    if (this.#flushing) return;
+    this.#flushing = true;
+    try {
+      while (this.#unrecorded.length > 0) {
+        const now = this.#clock();
+        const next = this.#unrecorded[0] as { hawkId: string; nonce: string; expires: number };
+        if (next.expires > now) {
+          await this.#repo.claim(next.hawkId, next.nonce, new Date(now), new Date(next.expires));
+        }
+        this.#unrecorded.shift();
+      }
+    } catch {
+      // Still unavailable: the next successful claim tries again.
+    } finally {
+      this.#flushing = false;
+    }
   }
 }

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { HsmError, type KeyStore } from '../../hsm/index.js';
 import type { CredentialRepository, HawkAlgorithm } from '../db/credentials.js';
+import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
 
 /** The answer of POST /auth and `strongroom auth register`: the only time the key is shown. */
@@ -20,8 +21,13 @@ export interface CredentialServiceOptions {
   repo: CredentialRepository;
   keyStore: KeyStore;
   clock?: () => number;
-  /** How long a looked-up credential (or its absence) is reused before asking the database again. */
+  /**
+   * How long a looked-up credential (or its absence) is reused before asking the database again:
+   * the bound on how long a revoked credential keeps working while the database is up.
+   */
   cacheTtlMs?: number;
+  /** Told when a credential is served from the last known good value because the database is unavailable. */
+  onServedStale?: (id: string, err: DatabaseUnavailableError) => void;
   /** Told when a stored key does not open under this token (wrong token, or tampered row). */
   onSealedKeyRejected?: (id: string, err: HsmError) => void;
 }
@@ -43,6 +49,8 @@ export class CredentialService {
   readonly #clock: () => number;
   readonly #ttl: number;
   readonly #onRejected: CredentialServiceOptions['onSealedKeyRejected'];
+  readonly #onServedStale: CredentialServiceOptions['onServedStale'];
+  /** Expired entries are kept: they are the last known good answer while the database is unavailable. */
   readonly #cache = new Map<string, { value: HawkCredentialValue | undefined; expires: number }>();
 
   constructor(options: CredentialServiceOptions) {
@@ -51,6 +59,7 @@ export class CredentialService {
     this.#clock = options.clock ?? Date.now;
     this.#ttl = options.cacheTtlMs ?? 2_000;
     this.#onRejected = options.onSealedKeyRejected;
+    this.#onServedStale = options.onServedStale;
   }
 
   async register(id: unknown): Promise<RegisteredCredential> {
@@ -62,15 +71,53 @@ export class CredentialService {
     return { id, authKey, algorithm: 'sha256' };
   }
 
-  /** The usable credential for `id`, or undefined when unknown, revoked or not openable here. */
+  /**
+   * A new key for an existing, unrevoked credential, sealed for the same id; the old key stops
+   * working when each instance's cache entry expires (cacheTtlMs). Undefined when there is none.
+   */
+  async rotate(id: string): Promise<RegisteredCredential | undefined> {
+    if (!ID_PATTERN.test(id)) throw new AppError('AUTH_ERR_INVALID_ID');
+    const row = await this.#repo.find(id);
+    if (!row || row.revokedAt !== null) return undefined;
+    const authKey = randomBytes(32).toString('base64url');
+    const sealed = await this.#keyStore.sealSecret(Buffer.from(authKey, 'utf8'), sealContext(id));
+    if (!(await this.#repo.replaceKey(id, sealed))) return undefined;
+    this.#cache.delete(id);
+    return { id, authKey, algorithm: row.algorithm };
+  }
+
+  /**
+   * The usable credential for `id`, or undefined when unknown, revoked or not openable here.
+   * While the database is unavailable, the last answer it gave for `id` is served (decrypt must
+   * outlive a database outage); an id never seen before fails with DatabaseUnavailableError.
+   */
   async lookup(id: string): Promise<HawkCredentialValue | undefined> {
     const now = this.#clock();
     const cached = this.#cache.get(id);
     if (cached && cached.expires > now) return cached.value;
-    const value = await this.#load(id);
-    if (this.#cache.size >= CACHE_LIMIT) this.#cache.clear();
+    let value: HawkCredentialValue | undefined;
+    try {
+      value = await this.#load(id);
+    } catch (err) {
+      if (!(err instanceof DatabaseUnavailableError) || !cached) throw err;
+      this.#onServedStale?.(id, err);
+      return cached.value;
+    }
+    if (!cached && this.#cache.size >= CACHE_LIMIT) this.#evictExpired(now);
+    // Re-insert so the map stays in least-recently-loaded order for eviction.
+    this.#cache.delete(id);
     this.#cache.set(id, { value, expires: now + this.#ttl });
     return value;
+  }
+
+  /** Make room: expired answers of ids not asked for lately go first, then the oldest. */
+  #evictExpired(now: number): void {
+    for (const [key, entry] of this.#cache) {
+      if (this.#cache.size < CACHE_LIMIT) return;
+      if (entry.expires <= now) this.#cache.delete(key);
+    }
+    const oldest = this.#cache.keys().next();
+    if (!oldest.done && this.#cache.size >= CACHE_LIMIT) this.#cache.delete(oldest.value);
   }
 
   async #load(id: string): Promise<HawkCredentialValue | undefined> {

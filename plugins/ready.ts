@@ -1,0 +1,70 @@
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import type { FastifyInstance } from 'fastify';
+import type { KeyStore } from '../hsm/index.js';
+import type { Queryable } from '../src/db/database.js';
+
+export interface ReadyOptions {
+  db: Queryable;
+  keyStore: KeyStore;
+  /** Longest wait for each check (default 2 s): a hung dependency makes the answer "failed", not slow. */
+  timeoutMs?: number;
+}
+
+export type CheckResult = 'ok' | 'failed' | 'timeout';
+
+export interface Readiness {
+  status: 'ready' | 'unavailable' | 'shutting-down';
+  checks: { database: CheckResult; token: CheckResult; canary: CheckResult };
+}
+
+/** AES-GCM associated data of the canary round trip: never a valid credential context. */
+const CANARY_CONTEXT = 'strongroom:readiness-canary';
+
+async function check(fn: () => Promise<unknown>, timeoutMs: number): Promise<CheckResult> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<CheckResult>((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), timeoutMs);
+  });
+  try {
+    return await Promise.race([fn().then((): CheckResult => 'ok', (): CheckResult => 'failed'), timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
+ * GET /ready: may this instance take traffic? Unlike /health (liveness, always `OK` while the
+ * process runs) it checks the database (`SELECT 1`), the token login (a pooled session is
+ * logged in) and a canary operation (seal and open a random value with the token's secrets
+ * key). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
+ * Unauthenticated: it answers no more than which dependency is down.
+ */
+export default async function ready(app: FastifyInstance, opts: ReadyOptions): Promise<void> {
+  const timeoutMs = opts.timeoutMs ?? 2_000;
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+
+  const canary = async () => {
+    const value = randomBytes(16);
+    const opened = await opts.keyStore.openSecret(await opts.keyStore.sealSecret(value, CANARY_CONTEXT), CANARY_CONTEXT);
+    if (opened.length !== value.length || !timingSafeEqual(opened, value)) throw new Error('canary round trip differs');
+  };
+
+  app.get('/ready', async (request, reply) => {
+    const [database, token, canaryResult] = await Promise.all([
+      check(() => opts.db.query('SELECT 1'), timeoutMs),
+      check(() => opts.keyStore.checkLogin(), timeoutMs),
+      check(canary, timeoutMs),
+    ]);
+    const checks = { database, token, canary: canaryResult };
+    const ok = database === 'ok' && token === 'ok' && canaryResult === 'ok';
+    const status: Readiness['status'] = closing ? 'shutting-down' : ok ? 'ready' : 'unavailable';
+    if (status !== 'ready') request.log.warn({ checks, status }, 'not ready');
+    const body: Readiness = { status, checks };
+    reply.header('cache-control', 'no-store');
+    if (status !== 'ready') reply.code(503).header('retry-after', '5');
+    return body;
+  });
+}
