@@ -15,6 +15,8 @@ const fastifyCodes: Record<string, ErrorCode> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: 'REQ_ERR_MALFORMED_JSON',
   FST_ERR_CTP_INVALID_JSON_BODY: 'REQ_ERR_MALFORMED_JSON',
   FST_ERR_BAD_URL: 'REQ_ERR_BAD_REQUEST',
+  // A path parameter longer than the router takes (e.g. /keypair/<500 chars>) names no resource.
+  FST_ERR_MAX_PARAM_LENGTH: 'REQ_ERR_NOT_FOUND',
   FST_ERR_ASYNC_CONSTRAINT: 'REQ_ERR_BAD_REQUEST',
 };
 
@@ -42,6 +44,17 @@ function send(reply: FastifyReply, error: AppError): FastifyReply {
     .headers({ ...error.headers, [ERROR_CODE_HEADER]: error.code })
     .type('application/json; charset=utf-8')
     .send({ message: error.message, status: error.status });
+}
+
+/**
+ * Fastify's `frameworkErrors` option: errors raised before routing (a path that does not
+ * percent-decode, a parameter over the router's length limit) would otherwise get Fastify's own
+ * body, which echoes the path and an internal code.
+ */
+export function frameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
+  const error = toAppError(err);
+  request.log.info({ code: error.code, detail: err.code }, 'request refused before routing');
+  send(reply, error);
 }
 
 /**
