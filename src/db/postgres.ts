@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import pg from 'pg';
 import type { Database, QueryResult, Queryable } from './database.js';
 import { translateDbError } from './unavailable.js';
@@ -10,11 +11,30 @@ export interface PostgresOptions {
   onIdleError?: (err: Error) => void;
 }
 
+/** Statement names by SQL text: every parameterised query is prepared once per connection. */
+const statementNames = new Map<string, string>();
+
+/**
+ * A named (prepared) query: the server parses and plans it once per connection instead of on
+ * every call, which is most of the database cost of the hot path (nonce claim, credential and
+ * keypair lookups, request-log insert). SQL texts come from the code, never from input, so the
+ * set of names is bounded. Queries without parameters (BEGIN, DDL) stay unnamed.
+ */
+function statement(sql: string, params: readonly unknown[]): pg.QueryConfig {
+  if (params.length === 0) return { text: sql };
+  let name = statementNames.get(sql);
+  if (name === undefined) {
+    name = `sr_${createHash('sha256').update(sql).digest('hex').slice(0, 24)}`;
+    statementNames.set(sql, name);
+  }
+  return { name, text: sql, values: params as unknown[] };
+}
+
 function wrap(client: pg.Pool | pg.PoolClient): Queryable {
   return {
     async query<R>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<R>> {
       try {
-        const result = await client.query(sql, params as unknown[]);
+        const result = await client.query(statement(sql, params));
         return { rows: result.rows as R[], rowCount: result.rowCount ?? 0 };
       } catch (err) {
         throw translateDbError(err);
