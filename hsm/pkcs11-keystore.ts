@@ -158,7 +158,11 @@ export class Pkcs11KeyStore implements KeyStore {
     this.#pin = options.pin;
     this.token = token;
     this.#pool = new SessionPool<Handle>(
-      { open: () => this.#openSession(), close: (s) => this.#closeSession(s) },
+      {
+        open: () => this.#openSession(),
+        close: (s) => this.#closeSession(s),
+        isFatal: (err) => translate(err, 'HSM_ERR_INTERNAL', '').code === 'HSM_ERR_UNAVAILABLE',
+      },
       options.sessions,
     );
   }
@@ -166,6 +170,41 @@ export class Pkcs11KeyStore implements KeyStore {
   /** Open all sessions now: a wrong PIN or a missing token fails the start, not the first request. */
   start(): void {
     this.#pool.fill();
+    this.#indexKeys();
+  }
+
+  /**
+   * One search over every RSA private key, once at open: afterwards no decrypt, not even the
+   * first one of a key, searches the token (a search costs O(objects in the token)). Keys that
+   * other instances create later miss here and are found by `#key`'s search.
+   */
+  #indexKeys(): void {
+    const session = this.#openSession();
+    try {
+      const seen = new Set<string>();
+      const handles = this.#find(session, [
+        { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
+        { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
+      ]);
+      for (const privateKey of handles) {
+        const [id, modulus] = this.#p.C_GetAttributeValue(session, privateKey, [
+          { type: pkcs11js.CKA_ID },
+          { type: pkcs11js.CKA_MODULUS },
+        ]);
+        const keyId = keyIdFromObjectId((id?.value as Buffer) ?? Buffer.alloc(0));
+        if (keyId === undefined) continue;
+        if (seen.has(keyId)) {
+          // Two keys under one id: leave it to the search, which reports the ambiguity.
+          this.#keys.delete(keyId);
+          continue;
+        }
+        seen.add(keyId);
+        this.#keys.set(keyId, { privateKey, modulusBytes: unsigned(modulus?.value as Buffer).length });
+      }
+    } finally {
+      // The pool's sessions stay open, so closing this one keeps the login.
+      this.#closeSession(session);
+    }
   }
 
   #openSession(): Handle {
@@ -440,14 +479,28 @@ export class Pkcs11KeyStore implements KeyStore {
     });
   }
 
+  /** Use the cached secrets key handle; if the token says it went stale (sessions rebuilt), find it again. */
+  async #withSecrets<T>(fn: (key: Handle) => Promise<T>): Promise<T> {
+    const key = await this.#secrets();
+    try {
+      return await fn(key);
+    } catch (err) {
+      const cause = err instanceof HsmError ? err.cause : err;
+      if (!isStaleHandle(cause)) throw err;
+      this.#secretsKey = undefined;
+      return fn(await this.#secrets());
+    }
+  }
+
   async sealSecret(plaintext: Buffer, context: string): Promise<Buffer> {
     if (plaintext.length === 0) throw new HsmError('HSM_ERR_INPUT', 'cannot seal an empty secret');
-    const key = await this.#secrets();
     const iv = randomBytes(GCM_IV_BYTES);
-    const ciphertext = await this.#run('HSM_ERR_INTERNAL', 'cannot seal the secret', async (s) => {
-      this.#p.C_EncryptInit(s, gcm(iv, context), key);
-      return this.#p.C_EncryptAsync(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
-    });
+    const ciphertext = await this.#withSecrets((key) =>
+      this.#run('HSM_ERR_INTERNAL', 'cannot seal the secret', async (s) => {
+        this.#p.C_EncryptInit(s, gcm(iv, context), key);
+        return this.#p.C_EncryptAsync(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
+      }),
+    );
     return Buffer.concat([Buffer.from([SEAL_VERSION]), iv, ciphertext]);
   }
 
@@ -455,12 +508,29 @@ export class Pkcs11KeyStore implements KeyStore {
     if (sealed.length < 1 + GCM_IV_BYTES + GCM_TAG_BYTES || sealed[0] !== SEAL_VERSION) {
       throw new HsmError('HSM_ERR_SECRET_INVALID', 'sealed secret is malformed');
     }
-    const key = await this.#secrets();
     const iv = sealed.subarray(1, 1 + GCM_IV_BYTES);
     const body = sealed.subarray(1 + GCM_IV_BYTES);
-    return this.#run('HSM_ERR_SECRET_INVALID', 'sealed secret did not authenticate', async (s) => {
-      this.#p.C_DecryptInit(s, gcm(Buffer.from(iv), context), key);
-      return this.#p.C_DecryptAsync(s, Buffer.from(body), Buffer.alloc(body.length));
+    return this.#withSecrets((key) =>
+      this.#run('HSM_ERR_INTERNAL', 'cannot open the sealed secret', async (s) => {
+        this.#p.C_DecryptInit(s, gcm(Buffer.from(iv), context), key);
+        try {
+          return await this.#p.C_DecryptAsync(s, Buffer.from(body), Buffer.alloc(body.length));
+        } catch (err) {
+          // Only the decryption itself says "does not authenticate"; a stale handle or a lost
+          // session is not evidence of a tampered row.
+          throw translate(err, 'HSM_ERR_SECRET_INVALID', 'sealed secret did not authenticate');
+        }
+      }),
+    );
+  }
+
+  async checkLogin(): Promise<void> {
+    await this.#run('HSM_ERR_UNAVAILABLE', 'token check failed', (s) => {
+      const { state } = this.#p.C_GetSessionInfo(s);
+      if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
+        // Thrown inside the pool: this session is replaced (and logged in again) on the way out.
+        throw new HsmError('HSM_ERR_UNAVAILABLE', 'the token session is not logged in', { ckr: 'CKR_USER_NOT_LOGGED_IN' });
+      }
     });
   }
 

@@ -3,21 +3,30 @@ import type { Writable } from 'node:stream';
 import sensible from '@fastify/sensible';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { HsmError, type KeyStore } from '../hsm/index.js';
+import auditPlugin from '../plugins/audit.js';
 import dbPlugin from '../plugins/db.js';
-import errorHandler from '../plugins/error-handler.js';
+import errorHandler, { frameworkErrors } from '../plugins/error-handler.js';
 import keyStorePlugin from '../plugins/keystore.js';
 import rawJson from '../plugins/raw-json.js';
+import ready from '../plugins/ready.js';
+import { runtimeMetrics } from '../plugins/runtime-metrics.js';
 import shutdown from '../plugins/shutdown.js';
 import type { Config, TlsConfig } from './config.js';
 import { CredentialRepository } from './db/credentials.js';
 import type { Database } from './db/database.js';
 import { KeypairRepository } from './db/keypairs.js';
-import { NonceRepository } from './db/nonces.js';
+import { NonceGuard, NonceRepository } from './db/nonces.js';
 import { RequestLogRepository } from './db/request-log.js';
+import { throttledWarn } from './health/degraded.js';
 import { CredentialService } from './lkm/credentials.js';
 import { lkmRoutes } from './lkm/routes.js';
-import { LkmService } from './lkm/service.js';
+import { LKM_MODULUS_BITS, LkmService } from './lkm/service.js';
 import { ensureServiceKeys } from './service-keys.js';
+import { keyAdminRoutes } from './keys/admin-routes.js';
+import { KeyGenerator } from './keys/generator.js';
+import { KeyLifecycle } from './keys/lifecycle.js';
+import { KeyPool } from './keys/pool.js';
+import { reconcileKeys } from './keys/reconcile.js';
 
 export interface BuildAppOptions {
   config: Config;
@@ -103,6 +112,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     bodyLimit: config.server.bodyLimit,
     trustProxy: config.server.trustProxy as boolean | string[],
     forceCloseConnections: 'idle',
+    frameworkErrors,
   }) as unknown as FastifyInstance;
 
   await app.register(sensible);
@@ -110,6 +120,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(errorHandler);
   await app.register(rawJson);
   await app.register(dbPlugin, options.db ? { db: options.db } : { config: config.database });
+  await app.register(auditPlugin, { ...config.audit, clock });
   await app.register(
     keyStorePlugin,
     options.keyStore
@@ -128,28 +139,54 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   try {
     await ensureServiceKeys(db, keyStore);
     await requireCustody(app, keyStore);
+    // Settle key generations a killed process left behind before anything generates again.
+    await reconcileKeys(db, keyStore, { clock, log: app.log });
   } catch (err) {
     await app.close();
     throw err;
   }
 
+  const degraded = throttledWarn(() => app.log);
   const credentials = new CredentialService({
     repo: new CredentialRepository(db),
+    onServedStale: (_id, err) => degraded('database unavailable: serving cached Hawk credentials', err),
     keyStore,
     clock,
     onSealedKeyRejected: (id, err) =>
       app.log.error({ hawkId: id, err }, 'stored Hawk key does not open with this token (wrong token or altered row)'),
   });
+  const keypairs = new KeypairRepository(db);
+  const generator = new KeyGenerator({ db, keyStore, bits: LKM_MODULUS_BITS, clock });
+  const keyPool = new KeyPool({ db, keyStore, generator, size: config.keyPool.size, log: app.log });
   const service = new LkmService({
     keyStore,
-    keypairs: new KeypairRepository(db),
+    keypairs,
+    generator,
+    usePool: config.keyPool.size > 0,
+    onPoolKeyTaken: () => keyPool.poke(),
     clock,
     onMissingKey: (keypairId) => app.log.error({ keypairId }, 'the database lists a keypair the token does not hold'),
-    onOrphanKey: (keypairId, err) =>
-      app.log.error({ keypairId, err }, 'keypair generated in the token but not recorded; it is kept in the token'),
+    onStaleState: (_id, err) => degraded('database unavailable: using cached keypair states', err),
   });
+  const lifecycle = new KeyLifecycle({
+    keypairs,
+    keyStore,
+    audit: (event) => app.audit(event),
+    clock,
+    onChange: (keypairId) => service.forgetState(keypairId),
+  });
+  // The pool fills in the background once the app is ready; closing waits for the key in flight.
+  app.addHook('onReady', async () => keyPool.start());
+  app.addHook('preClose', async () => keyPool.stop());
   const nonceRepo = new NonceRepository(db);
   const windowMs = 2 * HAWK_SKEW_SEC * 1000;
+  // During a database outage replays are refused by this instance only (see NonceGuard).
+  const nonceGuard = new NonceGuard({
+    repo: nonceRepo,
+    windowMs,
+    clock,
+    onLocalClaim: (err) => degraded('database unavailable: Hawk nonces checked by this instance only', err),
+  });
   const requestLog = new RequestLogRepository(db);
 
   const purge = setInterval(() => {
@@ -164,16 +201,18 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     credentials,
     hawkCredentials: (id: string) => credentials.lookup(id),
     nonces: {
-      claim: (hawkId: string, nonce: string) => {
-        const now = clock();
-        return nonceRepo.claim(hawkId, nonce, new Date(now), new Date(now + windowMs));
-      },
+      claim: (hawkId: string, nonce: string) => nonceGuard.claim(hawkId, nonce),
     },
     requestLog,
     adminToken: config.adminToken,
     publicUrl: config.server.publicUrl,
+    hawkFailures: config.hawkFailures,
     clock,
   });
+  await app.register(keyAdminRoutes, { prefix: '/admin/v1', lifecycle, adminToken: config.adminToken, clock });
+  await app.register(runtimeMetrics, { prefix: '/admin/v1', adminToken: config.adminToken, keyStore });
+  // Readiness beside /health: public, outside the Hawk and request-log scopes.
+  await app.register(ready, { prefix: '/key-management/v1', db, keyStore });
 
   return app;
 }

@@ -7,6 +7,8 @@ export const catalogue = {
   // Hawk: one answer for every failure (unknown id, bad MAC, replay, bad header), so ids cannot be probed.
   HAWK_ERR_UNAUTHORIZED: { status: 401, message: 'Hawk authentication failed' },
   HAWK_ERR_STALE_TIMESTAMP: { status: 401, message: 'Stale timestamp' },
+  // Too many failed Hawk authentications from this address (or naming this id): see plugins/hawk-failure-limit.ts.
+  HAWK_ERR_TOO_MANY_FAILURES: { status: 429, message: 'Too many failed authentication attempts; retry later' },
 
   ADMIN_ERR_UNAUTHORIZED: { status: 401, message: 'A valid admin bearer token is required' },
   ADMIN_ERR_DISABLED: {
@@ -31,6 +33,15 @@ export const catalogue = {
   KEY_ERR_CIPHERTEXT_LENGTH: { status: 400, message: 'Decrypt body has the wrong length for this key pair' },
   // Every token refusal (padding, wrong key, value out of range) maps here: no padding oracle.
   KEY_ERR_DECRYPT_FAILED: { status: 400, message: 'Decryption failed' },
+  // Key lifecycle (admin API, CLI, and decrypt with a key that is not enabled).
+  KEY_ERR_KEYPAIR_DISABLED: { status: 400, message: 'This key pair is disabled; an administrator must enable it before it can decrypt' },
+  KEY_ERR_KEYPAIR_PENDING_DELETION: {
+    status: 400,
+    message: 'This key pair is scheduled for deletion and cannot decrypt; an administrator can cancel the deletion',
+  },
+  KEY_ERR_KEYPAIR_DELETED: { status: 400, message: 'This key pair has been deleted' },
+  KEY_ERR_INVALID_STATE: { status: 409, message: 'The key pair is not in a state that allows this change' },
+  KEY_ERR_DELETION_DAYS: { status: 400, message: 'days must be an integer from 7 to 30' },
 
   REQ_ERR_MALFORMED_JSON: { status: 400, message: 'Request body is not valid JSON' },
   REQ_ERR_BODY_NOT_OBJECT: { status: 400, message: 'Request body must be a JSON object' },
@@ -42,6 +53,8 @@ export const catalogue = {
 
   HSM_ERR_UNAVAILABLE: { status: 503, message: 'The key store is temporarily unavailable' },
   DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },
+  // Vault's rule: a request that cannot be audited (database and spool both failing) is refused.
+  AUDIT_ERR_UNAVAILABLE: { status: 503, message: 'The audit log is temporarily unavailable' },
   INTERNAL_ERROR: { status: 500, message: 'Internal Server Error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env node
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
+import { resolveCryptValues } from './config-crypt.js';
 
 /** Process entry: config → app → listen → graceful shutdown. Everything else lives in buildApp. */
 async function main(): Promise<void> {
   let config: Config;
   try {
-    config = loadConfig(process.env);
+    config = loadConfig(await resolveCryptValues(process.env));
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`strongroom: ${err.message}\n`);

@@ -6,11 +6,19 @@ import { EmbeddedDatabaseLockedError } from '../db/embedded.js';
 import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
 import { CommandFailed, UsageError, type Command } from './command.js';
+import { auditCommands } from './commands/audit.js';
 import { authCommands } from './commands/auth.js';
+import { backupCommands } from './commands/backup.js';
+import { kekCommands } from './commands/kek.js';
+import { keysCommands } from './commands/keys.js';
+import { tokenCommands } from './commands/token.js';
+import { doctorCommands } from './commands/doctor.js';
+import { encryptSecretCommands } from './commands/encrypt-secret.js';
+import { legacyCommands } from './commands/legacy.js';
 import { processIo } from './io.js';
 
 /** Every command; the usage text lists them in this order. */
-const COMMANDS: Command[] = [...authCommands];
+const COMMANDS: Command[] = [...authCommands, ...legacyCommands, ...encryptSecretCommands, ...doctorCommands, ...auditCommands, ...tokenCommands, ...kekCommands, ...backupCommands, ...keysCommands];
 
 const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },

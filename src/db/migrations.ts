@@ -1,4 +1,6 @@
 import type { Database } from './database.js';
+import { migration002 } from './migration-002-keys.js';
+import { migration003 } from './migration-003-audit.js';
 
 export interface Migration {
   version: number;
@@ -62,6 +64,8 @@ export const migrations: readonly Migration[] = [
       );
     `,
   },
+  migration002,
+  migration003,
 ];
 
 /** Arbitrary constant: the advisory lock that serialises migrations across instances. */

@@ -2,6 +2,7 @@ import type {} from '@fastify/sensible';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import adminAuth from '../../plugins/admin-auth.js';
 import hawkAuth, { type HawkCredentialLookup, type HawkNonceStore } from '../../plugins/hawk-auth.js';
+import hawkFailureLimit, { type HawkFailureLimitSettings } from '../../plugins/hawk-failure-limit.js';
 import requestLog from '../../plugins/request-log.js';
 import type { LoggedRequest, RequestLogRepository } from '../db/request-log.js';
 import { AppError } from '../errors.js';
@@ -18,6 +19,8 @@ export interface LkmRoutesOptions {
   adminToken: Secret | undefined;
   publicUrl: { host: string; port: number } | undefined;
   clock: () => number;
+  /** Failed Hawk authentications allowed per address and per id (429 beyond). */
+  hawkFailures: HawkFailureLimitSettings;
 }
 
 /** The fixed answer of OPTIONS /decrypt (Genesys Cloud checks the decrypt URL with it). */
@@ -99,7 +102,7 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
   app.get('/health', async (_request, reply) => reply.type('text/plain; charset=utf-8').send('OK'));
 
   app.register(async (logged) => {
-    await logged.register(requestLog, { sink: opts.requestLog, clock: opts.clock });
+    await logged.register(requestLog, { sink: logged.auditWriter, clock: opts.clock });
 
     logged.register(async (admin) => {
       await admin.register(adminAuth, { token: opts.adminToken });
@@ -112,6 +115,8 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
     });
 
     logged.register(async (hawk) => {
+      // Before hawk-auth: a limited caller is refused before any MAC, database or token work.
+      await hawk.register(hawkFailureLimit, { ...opts.hawkFailures, clock: opts.clock });
       await hawk.register(hawkAuth, {
         credentials: opts.hawkCredentials,
         nonces: opts.nonces,
@@ -165,7 +170,9 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
       });
 
       hawk.delete('/request-log', async (request, reply) => {
-        await opts.requestLog.clear(request.hawk?.id ?? null, new Date(opts.clock()));
+        const hawkId = request.hawk?.id ?? null;
+        const clearedThrough = await opts.requestLog.clear(hawkId, new Date(opts.clock()));
+        await app.audit({ event: 'request-log.clear', actor: hawkId ?? 'unknown', detail: { clearedThrough } });
         return reply.code(200).send();
       });
     });

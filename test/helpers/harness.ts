@@ -1,4 +1,7 @@
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/app.js';
@@ -62,6 +65,8 @@ export async function startHarness(t: TestLike, options: HarnessOptions = {}): P
     t.teardown(() => db.close());
   }
   const adminToken = randomBytes(32).toString('base64url');
+  const auditSpoolDir = mkdtempSync(join(tmpdir(), 'strongroom-spool-'));
+  t.teardown(() => rmSync(auditSpoolDir, { recursive: true, force: true }));
   const config = loadConfig({
     PORT: '0',
     HOST: '127.0.0.1',
@@ -71,6 +76,12 @@ export async function startHarness(t: TestLike, options: HarnessOptions = {}): P
     DATABASE_URL: databaseUrl,
     ...(!options.withoutAdminToken && { ADMIN_TOKEN: adminToken }),
     LOG_LEVEL: options.captureLog ? 'info' : 'silent',
+    // Each app its own audit spool: a spool is replayed into whichever database its owner uses.
+    AUDIT_SPOOL_DIR: auditSpoolDir,
+    // No background key generation unless a test asks for it (test/key-pool.test.ts): it costs CPU the other tests time.
+    KEY_POOL_SIZE: '0',
+    // Tests send many deliberate Hawk failures from 127.0.0.1; test/hawk-failure-limit.test.ts sets its own.
+    HAWK_FAILURE_LIMIT: '100000',
     ...options.env,
   });
   const logs: string[] = [];
