@@ -64,7 +64,8 @@ export function frameworkErrors(err: FastifyError, request: FastifyRequest, repl
 async function errorHandler(app: FastifyInstance): Promise<void> {
   app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
     const error = toAppError(err);
-    if (error.status >= 500) request.log.error({ err, code: error.code }, 'request failed');
+    // Refusals during shutdown are expected (one per late request): not errors.
+    if (error.status >= 500 && error.code !== 'SERVICE_ERR_SHUTTING_DOWN') request.log.error({ err, code: error.code }, 'request failed');
     else request.log.info({ code: error.code, detail: error.detail }, 'request refused');
     return send(reply, error);
   });

@@ -112,6 +112,9 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     bodyLimit: config.server.bodyLimit,
     trustProxy: config.server.trustProxy as boolean | string[],
     forceCloseConnections: 'idle',
+    // plugins/shutdown.ts refuses requests that arrive while closing, with the contract body and
+    // an audit entry; Fastify's own 503 would answer first, bare and unlogged.
+    return503OnClosing: false,
     frameworkErrors,
   }) as unknown as FastifyInstance;
 

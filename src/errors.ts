@@ -55,6 +55,8 @@ export const catalogue = {
   DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },
   // Vault's rule: a request that cannot be audited (database and spool both failing) is refused.
   AUDIT_ERR_UNAVAILABLE: { status: 503, message: 'The audit log is temporarily unavailable' },
+  // A request that arrives after shutdown began (plugins/shutdown.ts): retry, another instance may answer.
+  SERVICE_ERR_SHUTTING_DOWN: { status: 503, message: 'The service is shutting down; retry the request' },
   INTERNAL_ERROR: { status: 500, message: 'Internal Server Error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 

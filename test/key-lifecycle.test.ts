@@ -2,7 +2,10 @@
 // admin API and the built CLI; decrypt refused with a catalogue code while not enabled (and
 // request-logged); a second instance follows a state change within its state TTL; purge destroys
 // only keys past their date. Real SoftHSM token, real Postgres; the clock is injected.
+import { execFileSync } from 'node:child_process';
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
+import { chmodSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { KeypairRepository } from '../src/db/keypairs.js';
 import { KeyLifecycle } from '../src/keys/lifecycle.js';
@@ -122,6 +125,44 @@ t.test('disable: decrypt refused with 400 and a code, logged; the LKM list keeps
   t.equal(after.res.status, 200);
   t.equal((after.res.json as { body: string }).body, after.plaintext.toString('base64'));
   t.same(await auditEvents(k1.id), ['keypair.disable by admin', 'keypair.enable by admin'], 'each change audited once');
+});
+
+t.test('audit first: if the event cannot be kept the state does not change, and the caller gets 503', async (t) => {
+  // Neither the chain table (a trigger refuses inserts) nor the spool (read-only, immutable for
+  // root) can take an entry, while the keypair table works: only the audit fails.
+  await a.db.query(
+    "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$",
+  );
+  await a.db.query('CREATE TRIGGER refuse_audit BEFORE INSERT ON request_log FOR EACH ROW EXECUTE FUNCTION refuse_audit()');
+  const spoolDir = a.config.audit.spoolDir;
+  const root = process.getuid?.() === 0;
+  chmodSync(spoolDir, 0o500);
+  if (root) execFileSync('chattr', ['+i', spoolDir]);
+  const restore = async () => {
+    if (root) execFileSync('chattr', ['-i', spoolDir]);
+    chmodSync(spoolDir, 0o700);
+    await a.db.query('DROP TRIGGER IF EXISTS refuse_audit ON request_log');
+    await a.db.query('DROP FUNCTION IF EXISTS refuse_audit()');
+  };
+  t.teardown(restore);
+  t.throws(() => writeFileSync(join(spoolDir, 'probe'), 'x'), 'the spool directory is really read-only');
+  const eventsBefore = await auditEvents(k1.id);
+
+  for (const [change, json] of [['disable', undefined], ['schedule-deletion', { days: 7 }]] as const) {
+    const res = await admin('POST', `/keypairs/${k1.id}/${change}`, json);
+    t.equal(res.status, 503, `${change}: 503`);
+    t.equal(res.headers.get('strongroom-error-code'), 'AUDIT_ERR_UNAVAILABLE', `${change}: the code`);
+    t.equal(res.headers.get('retry-after'), '5', `${change}: Retry-After`);
+    t.same(res.json, { message: 'The audit log is temporarily unavailable', status: 503 });
+    const row = await a.db.query<{ state: string; delete_after: Date | null }>('SELECT state, delete_after FROM keypair WHERE id = $1', [k1.id]);
+    t.same(row.rows[0], { state: 'enabled', delete_after: null }, `${change}: the state did not change`);
+  }
+
+  await restore();
+  t.same(await auditEvents(k1.id), eventsBefore, 'no event for a change that did not happen');
+  const decrypted = await decryptAt(a, k1);
+  t.equal(decrypted.res.status, 200, 'the keypair still decrypts');
+  t.equal((await admin('GET', `/keypairs/${k1.id}`)).status, 200, 'the audit works again once restored');
 });
 
 t.test('schedule-deletion: 7 to 30 days, refuses decrypts, cancel leaves it disabled', async (t) => {

@@ -1,7 +1,8 @@
 // Two built server processes on one Postgres database and one SoftHSM token directory behave as
 // one service: a keypair created through one decrypts through the other, a Hawk header used at
 // one is a replay at the other, and a credential revoked in the shared database is refused by
-// both within 5 s. Both sit behind one public URL (as behind a balancer), so a header signed for
+// both within 5 s, and their request logs form one audit chain that the built `strongroom audit
+// verify` proves unbroken. Both sit behind one public URL (as behind a balancer), so a header signed for
 // the service is valid at either instance.
 import { constants, publicEncrypt, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
@@ -9,8 +10,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { createTestDatabase } from './helpers/database.js';
 import { hawkFetch, send, type ClientCredential } from './helpers/hawk-client.js';
-import { SERVER_JS } from './helpers/paths.js';
-import { baseEnv, startService, tempDir, tokenEnv, writeSecretFile } from './helpers/process-util.js';
+import { CLI_JS, SERVER_JS } from './helpers/paths.js';
+import { baseEnv, spawnNode, startService, tempDir, tokenEnv, waitExit, writeSecretFile } from './helpers/process-util.js';
 import { createTestToken } from './helpers/token.js';
 
 const PREFIX = '/key-management/v1';
@@ -121,4 +122,31 @@ t.test('both instances are ready', async (t) => {
     t.equal(res.status, 200);
     t.same(await res.json(), { status: 'ready', checks: { database: 'ok', token: 'ok', canary: 'ok' } });
   }
+});
+
+t.test('the audit chain stays one unbroken chain across both instances', async (t) => {
+  const before = Number((await db.query<{ n: string }>('SELECT count(*) AS n FROM request_log')).rows[0]?.n);
+  // Interleaved and concurrent, so both instances append to the chain at the same time.
+  const PER_INSTANCE = 20;
+  const sent = await Promise.all(
+    Array.from({ length: 2 * PER_INSTANCE }, (_, i) =>
+      hawkFetch({ method: 'GET', ...at(i % 2 ? b.origin : a.origin, '/keypair'), credential, headers: { 'PureCloud-User-Id': `chain-${i}` } }),
+    ),
+  );
+  t.same(sent.map((r) => r.status).filter((s) => s !== 200), [], 'every request served');
+  const burst = await db.query<{ n: string }>("SELECT count(*) AS n FROM request_log WHERE user_id LIKE 'chain-%'");
+  t.equal(Number(burst.rows[0]?.n), 2 * PER_INSTANCE, 'one entry per request, from both instances');
+
+  const proc = spawnNode(t, CLI_JS, ['audit', 'verify', '--json'], {
+    ...baseEnv(),
+    ...tokenEnv(token, writeSecretFile(work, 'pin-cli', `${token.pin}\n`)),
+    DATABASE_URL: url,
+  });
+  const { code } = await waitExit(proc, 60_000);
+  t.equal(code, 0, `audit verify exits 0 (${proc.stderr().trim()})`);
+  const verdict = JSON.parse(proc.stdout()) as { ok: boolean; checked: number; problem: unknown; head: { seq: number } | null };
+  t.equal(verdict.ok, true, 'the chain verifies');
+  t.equal(verdict.problem, null, 'no altered or missing entry');
+  t.ok(verdict.checked >= before + 2 * PER_INSTANCE, `${verdict.checked} entries checked, at least the ${before + 2 * PER_INSTANCE} requests logged`);
+  t.equal(verdict.head?.seq, verdict.checked, 'one chain: seq runs 1..n over both instances');
 });

@@ -1,5 +1,5 @@
 import type { KeyStore } from '../../hsm/index.js';
-import type { RecordAuditEvent } from '../audit/events.js';
+import type { AuditEvent, RecordAuditEvent } from '../audit/events.js';
 import type { KeypairRecord, KeypairRepository, KeypairState } from '../db/keypairs.js';
 import { AppError } from '../errors.js';
 import { isUuid } from '../lkm/service.js';
@@ -56,8 +56,15 @@ export interface PurgeResult {
 /**
  * Enabled ⇄ Disabled; Enabled/Disabled → PendingDeletion (waiting period 7–30 days) → Deleted
  * by `purge` once the date has passed; cancelling a deletion leaves the keypair Disabled (as AWS
- * KMS does), so using it again is a second, deliberate step. Every change is audited before it
- * is reported done. Pool and generating rows are not keypairs to anyone yet: they are "not found".
+ * KMS does), so using it again is a second, deliberate step. Pool and generating rows are not
+ * keypairs to anyone yet: they are "not found".
+ *
+ * Audit first, the Vault way: the event is durable (database or spool) before the state changes,
+ * and if it cannot be kept nothing changes and the caller gets AUDIT_ERR_UNAVAILABLE. One
+ * database transaction for both would bypass the writer's spool and its ordering (and the
+ * change needs the database anyway). The price is an event for a change that then did not
+ * happen (lost race, database gone): it is followed by `<event>.not-applied`, and over HTTP by
+ * the request's own entry with its status.
  */
 export class KeyLifecycle {
   readonly #o: KeyLifecycleOptions;
@@ -115,15 +122,18 @@ export class KeyLifecycle {
     const now = new Date(this.#clock());
     const purged: string[] = [];
     for (const row of await this.#o.keypairs.listDue(now)) {
-      const moved = await this.#o.keypairs.transition(row.id, ['pending_deletion'], 'deleted', now);
-      if (!moved) continue; // cancelled or purged elsewhere meanwhile
-      this.#o.onChange?.(row.id);
-      await this.#o.audit({
-        event: 'keypair.delete',
+      const event = 'keypair.delete';
+      await this.#auditFirst({
+        event,
         actor,
         keypairId: row.id,
         detail: { from: 'pending_deletion', to: 'deleted', deleteAfter: row.deleteAfter?.toISOString() ?? null },
       });
+      const moved = await this.#applied(event, actor, row.id, () =>
+        this.#o.keypairs.transition(row.id, ['pending_deletion'], 'deleted', now),
+      );
+      if (!moved) continue; // cancelled or purged elsewhere meanwhile
+      this.#o.onChange?.(row.id);
       const destroyed = await this.#o.keyStore.deleteKeyPair(row.id);
       if (!destroyed) {
         await this.#o.audit({ event: 'keypair.purge-missing-key', actor, keypairId: row.id, detail: {} });
@@ -134,8 +144,8 @@ export class KeyLifecycle {
     // Deletions a kill interrupted between the two steps.
     for (const row of await this.#o.keypairs.listIn(['deleted'])) {
       if (!(await this.#o.keyStore.getRsaPublicKey(row.id))) continue;
+      await this.#auditFirst({ event: 'keypair.delete', actor, keypairId: row.id, detail: { resumed: true } });
       await this.#o.keyStore.deleteKeyPair(row.id);
-      await this.#o.audit({ event: 'keypair.delete', actor, keypairId: row.id, detail: { resumed: true } });
       purged.push(row.id);
     }
     return { purged };
@@ -163,17 +173,44 @@ export class KeyLifecycle {
         message: `Key pair ${id} is ${current.state.replace('_', ' ')}; this change needs it ${from.map((s) => s.replace('_', ' ')).join(' or ')}`,
       });
     }
-    const moved = await this.#o.keypairs.transition(id, from, to, new Date(this.#clock()), deleteAfter);
+    await this.#auditFirst({
+      event,
+      actor,
+      keypairId: id,
+      detail: { from: current.state, to, ...(deleteAfter && { deleteAfter: deleteAfter.toISOString() }), ...detail },
+    });
+    const moved = await this.#applied(event, actor, id, () =>
+      this.#o.keypairs.transition(id, from, to, new Date(this.#clock()), deleteAfter),
+    );
     if (!moved) {
       throw new AppError('KEY_ERR_INVALID_STATE', { message: `Key pair ${id} changed state meanwhile; read it again` });
     }
     this.#o.onChange?.(id);
-    await this.#o.audit({
-      event,
-      actor,
-      keypairId: id,
-      detail: { from: current.state, to, ...(moved.deleteAfter && to === 'pending_deletion' && { deleteAfter: moved.deleteAfter.toISOString() }), ...detail },
-    });
     return adminView(moved);
+  }
+
+  /** Record the event before the change; a failure leaves everything as it was. */
+  async #auditFirst(event: AuditEvent): Promise<void> {
+    try {
+      await this.#o.audit(event);
+    } catch (err) {
+      if (err instanceof AppError && err.code === 'AUDIT_ERR_UNAVAILABLE') throw err;
+      throw new AppError('AUDIT_ERR_UNAVAILABLE', { cause: err, headers: { 'retry-after': '5' }, detail: 'the audit event could not be kept' });
+    }
+  }
+
+  /** Run the audited change; if it did not happen, say so in the chain (best effort) and pass the outcome on. */
+  async #applied<T>(event: string, actor: string, keypairId: string, change: () => Promise<T | undefined>): Promise<T | undefined> {
+    const notApplied = (reason: string) =>
+      this.#o.audit({ event: `${event}.not-applied`, actor, keypairId, detail: { reason } }).catch(() => undefined);
+    let result: T | undefined;
+    try {
+      result = await change();
+    } catch (err) {
+      await notApplied('error');
+      throw err;
+    }
+    if (result === undefined) await notApplied('state changed meanwhile');
+    return result;
   }
 }

@@ -239,7 +239,14 @@ export function tokenEnv(token: TestToken, pinFile: string): Record<string, stri
   };
 }
 
-/** Spawn the service and wait until it is healthy. */
+/**
+ * What every spawned service gets unless the test's env says otherwise: no background key pool
+ * (KEY_POOL_SIZE=0), whose RSA generations would take the CPU the other tests are timed on.
+ * Tests about the pool set KEY_POOL_SIZE themselves. Kept out of baseEnv, which holds nothing of ours.
+ */
+export const SERVICE_TEST_DEFAULTS: Readonly<Record<string, string>> = { KEY_POOL_SIZE: '0' };
+
+/** Spawn the service (SERVICE_TEST_DEFAULTS under `env`) and wait until it is healthy. */
 export async function startService(
   t: TestLike,
   serverJs: string,
@@ -247,7 +254,7 @@ export async function startService(
   options: { ca?: Buffer; ms?: number } = {},
 ): Promise<{ proc: Proc; origin: string; port: number }> {
   const port = await freePort();
-  const proc = spawnNode(t, serverJs, [], { ...env, PORT: String(port), HOST: '127.0.0.1' });
+  const proc = spawnNode(t, serverJs, [], { ...SERVICE_TEST_DEFAULTS, ...env, PORT: String(port), HOST: '127.0.0.1' });
   const origin = `${options.ca ? 'https' : 'http'}://127.0.0.1:${port}`;
   await waitForHealth(proc, origin, options.ms ?? 60_000, options.ca);
   return { proc, origin, port };
