@@ -12,7 +12,7 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import t, { type Test } from 'tap';
 import { CredentialRepository } from '../src/db/credentials.js';
-import { sqlState, toBuffer, toNumber, type Database } from '../src/db/database.js';
+import { sqlState, toBuffer, toNumber, type Database, type Queryable } from '../src/db/database.js';
 import { EmbeddedDatabaseLockedError, openEmbedded } from '../src/db/embedded.js';
 import { KeypairRepository, type KeypairRow } from '../src/db/keypairs.js';
 import { migrate, migrations, type Migration } from '../src/db/migrations.js';
@@ -236,6 +236,35 @@ function suite(t: Test, b: Backend): void {
     t.equal(await nonces.purge(at(100)), 1);
     t.same(await rows(), ['hawk-a/n-1@121']);
     t.equal(await nonces.purge(at(100)), 0, 'nothing left to purge');
+  });
+
+  t.test('NonceRepository: concurrent claims share statements, and each nonce has exactly one winner', async (t) => {
+    let statements = 0;
+    const counted: Queryable = {
+      query: (text: string, params?: unknown[]) => {
+        statements += 1;
+        return db.query(text, params);
+      },
+    } as Queryable;
+    const nonces = new NonceRepository(counted);
+    const now = new Date(Date.UTC(2024, 6, 1, 12, 0, 0, 0));
+    const until = new Date(now.getTime() + 120_000);
+    t.equal(await nonces.claim('hawk-batch', 'taken-before', now, until), true);
+    statements = 0;
+
+    // 150 distinct nonces, each claimed twice at once, plus one already taken.
+    const names = Array.from({ length: 150 }, (_, i) => `n-${i}`);
+    const claims = [...names, ...names, 'taken-before'].map((n) => nonces.claim('hawk-batch', n, now, until).then((ok) => [n, ok] as const));
+    const results = await Promise.all(claims);
+    const wins = new Map<string, number>();
+    for (const [n, ok] of results) if (ok) wins.set(n, (wins.get(n) ?? 0) + 1);
+    t.equal(wins.get('taken-before'), undefined, 'a nonce recorded earlier is refused');
+    t.same(names.filter((n) => wins.get(n) !== 1), [], 'every new nonce is won exactly once');
+    t.ok(statements > 0 && statements <= 10, `301 concurrent claims took ${statements} statements`);
+    const { rows } = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM hawk_nonce WHERE hawk_id = 'hawk-batch'");
+    t.equal(Number(rows[0]?.n), 151, 'one row per nonce');
+
+    t.equal(await nonces.claim('hawk-batch', 'after', now, until), true);
   });
 
   t.test('RequestLogRepository: newest first, limit, inclusive bounds, clear hides without deleting', async (t) => {

@@ -1,26 +1,92 @@
 import type { Queryable } from './database.js';
 import { DatabaseUnavailableError } from './unavailable.js';
 
+/** Claims sent in one statement at most (3 parameters each). */
+const MAX_CLAIMS_PER_STATEMENT = 64;
+
+interface PendingClaim {
+  hawkId: string;
+  nonce: string;
+  expiresAt: Date;
+  now: Date;
+  resolve: (claimed: boolean) => void;
+  reject: (err: unknown) => void;
+}
+
 /**
  * Hawk nonces, shared by every instance through the database. A nonce may be used once per
  * credential while its record lives; an expired record may be taken over.
+ *
+ * Claims are group-committed: claims made while a statement is in flight share the next one, so
+ * at concurrency N the database sees about one statement per N requests instead of N, and a
+ * lone request waits for nothing extra.
  */
 export class NonceRepository {
   readonly #db: Queryable;
+  #queue: PendingClaim[] = [];
+  #running = false;
 
   constructor(db: Queryable) {
     this.#db = db;
   }
 
   /** Record `nonce` for `hawkId` until `expiresAt`; false if it is already recorded and live. */
-  async claim(hawkId: string, nonce: string, now: Date, expiresAt: Date): Promise<boolean> {
-    const { rowCount } = await this.#db.query(
-      `INSERT INTO hawk_nonce (hawk_id, nonce, expires_at) VALUES ($1, $2, $3)
+  claim(hawkId: string, nonce: string, now: Date, expiresAt: Date): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.#queue.push({ hawkId, nonce, expiresAt, now, resolve, reject });
+      if (!this.#running) void this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    this.#running = true;
+    try {
+      while (this.#queue.length > 0) {
+        const batch = this.#queue.splice(0, MAX_CLAIMS_PER_STATEMENT);
+        try {
+          const claimed = await this.#claimAll(batch);
+          for (const c of batch) c.resolve(claimed.has(c));
+        } catch (err) {
+          for (const c of batch) c.reject(err);
+        }
+      }
+    } finally {
+      // Same tick as the last empty-queue check: a claim arriving after this starts a new drain.
+      this.#running = false;
+    }
+  }
+
+  /** One INSERT for the batch; returns the claims that took their nonce. */
+  async #claimAll(batch: PendingClaim[]): Promise<Set<PendingClaim>> {
+    // A nonce twice in one batch: only its first claim can win (one row cannot be claimed twice
+    // by one statement), the others lose like a replay.
+    const first = new Map<string, PendingClaim>();
+    for (const c of batch) {
+      const key = `${c.hawkId}\0${c.nonce}`;
+      if (!first.has(key)) first.set(key, c);
+    }
+    const claims = [...first.values()];
+    const params: unknown[] = [];
+    const rows = claims.map((c) => {
+      params.push(c.hawkId, c.nonce, c.expiresAt);
+      const n = params.length;
+      return `($${n - 2}, $${n - 1}, $${n})`;
+    });
+    // Every claim of a batch is made within a moment: the latest `now` decides what has expired.
+    params.push(new Date(Math.max(...claims.map((c) => c.now.getTime()))));
+    const { rows: taken } = await this.#db.query<{ hawk_id: string; nonce: string }>(
+      `INSERT INTO hawk_nonce (hawk_id, nonce, expires_at) VALUES ${rows.join(', ')}
        ON CONFLICT (hawk_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
-       WHERE hawk_nonce.expires_at < $4`,
-      [hawkId, nonce, expiresAt, now],
+       WHERE hawk_nonce.expires_at < $${params.length}
+       RETURNING hawk_id, nonce`,
+      params,
     );
-    return rowCount === 1;
+    const won = new Set<PendingClaim>();
+    for (const r of taken) {
+      const c = first.get(`${r.hawk_id}\0${r.nonce}`);
+      if (c) won.add(c);
+    }
+    return won;
   }
 
   /** Drop expired records; returns how many. */
