@@ -20,15 +20,21 @@ export interface RuntimeSnapshot {
   keyStore: KeyStoreStats;
 }
 
-const ms = (ns: number) => (Number.isFinite(ns) ? Math.round(ns / 1e3) / 1e3 : 0);
+/** Sampling interval of the event-loop delay histogram. */
+const RESOLUTION_MS = 10;
+
+/**
+ * The histogram records each sample's whole interval (an idle loop reads 10.1 ms at a 10 ms
+ * resolution), so the delay is what exceeds the resolution.
+ */
+const ms = (ns: number) => (Number.isFinite(ns) ? Math.max(0, Math.round((ns - RESOLUTION_MS * 1e6) / 1e3) / 1e3) : 0);
 
 /**
  * `GET /runtime` (memory, event-loop delay p50/p99/max, key store counters) and
  * `POST /runtime/reset` (start a new event-loop delay window), both admin only.
  */
 export async function runtimeMetrics(app: FastifyInstance, opts: RuntimeMetricsOptions): Promise<void> {
-  // Samples every 10 ms; each sample records how late its timer fired, in ns.
-  const delay = monitorEventLoopDelay({ resolution: 10 });
+  const delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   delay.enable();
   let since = Date.now();
   app.addHook('onClose', async () => delay.disable());

