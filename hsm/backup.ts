@@ -2,7 +2,8 @@ import { constants as cryptoConstants, createPublicKey, publicEncrypt, randomByt
 import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
 import { HsmError, ckrName, ckrOf } from './errors.js';
-import { AES_KWP, findKek, findKekUnwrap, kekCheck, kekMatches } from './kek.js';
+import { findKek, findKekUnwrap, kekCheck, kekMatches } from './kek.js';
+import { AES_KWP, RSA_OAEP_SHA1 } from './mechanisms.js';
 import type { RsaPublicKey } from './keystore.js';
 import { decodeRsaPublicKey, unsigned } from './rsa-der.js';
 import {
@@ -262,10 +263,7 @@ function roundTrip(ts: TokenSession, privateKey: Handle, pub: RsaPublicKey): boo
   // A separate session: a failed C_Decrypt can leave an operation active on the one it ran on.
   const session = ts.p.C_OpenSession(ts.slot, pkcs11js.CKF_SERIAL_SESSION);
   try {
-    ts.p.C_DecryptInit(session, {
-      mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-      parameter: { type: pkcs11js.CK_PARAMS_RSA_OAEP, hashAlg: pkcs11js.CKM_SHA_1, mgf: pkcs11js.CKG_MGF1_SHA1, source: 1 } satisfies P11.RsaOAEP as P11.IParams,
-    }, privateKey);
+    ts.p.C_DecryptInit(session, RSA_OAEP_SHA1, privateKey);
     const out = ts.p.C_Decrypt(session, ciphertext, Buffer.alloc(pub.modulus.length));
     return out.length === probe.length && timingSafeEqual(out, probe);
   } catch {

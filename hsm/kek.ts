@@ -2,6 +2,7 @@ import { createHash, createPublicKey, randomBytes } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
 import { HsmError, ckrName, ckrOf } from './errors.js';
+import { AES_KWP, RSA_OAEP_SHA1 } from './mechanisms.js';
 import type { RsaPublicKey } from './keystore.js';
 import { unsigned } from './rsa-der.js';
 import {
@@ -21,20 +22,6 @@ import {
 import type { TokenSession } from './token-admin.js';
 
 type Handle = P11.Handle;
-
-/** RFC 5649 AES key wrap with padding (PKCS#11 v2.40 CKM_AES_KEY_WRAP_PAD, 0x210A). */
-export const AES_KWP: P11.Mechanism = { mechanism: pkcs11js.CKM_AES_KEY_WRAP_PAD };
-
-/** RSA-OAEP with SHA-1/MGF1-SHA-1, empty label: the only OAEP SoftHSM 2.6.1 wraps with. */
-export const RSA_OAEP_SHA1: P11.Mechanism = {
-  mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-  parameter: {
-    type: pkcs11js.CK_PARAMS_RSA_OAEP,
-    hashAlg: pkcs11js.CKM_SHA_1,
-    mgf: pkcs11js.CKG_MGF1_SHA1,
-    source: 1,
-  } satisfies P11.RsaOAEP as P11.IParams,
-};
 
 /** Size of the transport key: RSA-3072, like every service key. */
 export const TRANSPORT_KEY_BITS = 3072;

@@ -90,3 +90,25 @@ export function loadModule(path: string, libraryParameters?: string): LoadedModu
     },
   };
 }
+
+/**
+ * The slot of the one initialised token labelled `label`. SoftHSM gives a token a random-looking
+ * slot id when it is initialised, so tokens are chosen by label, and a label must be unique.
+ */
+export function findTokenSlot(pkcs11: P11.PKCS11, label: string): P11.Handle {
+  const seen: string[] = [];
+  const matches: P11.Handle[] = [];
+  for (const slot of pkcs11.C_GetSlotList(true)) {
+    const info = pkcs11.C_GetTokenInfo(slot);
+    if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue;
+    const tokenLabel = info.label.trim();
+    seen.push(tokenLabel);
+    if (tokenLabel === label) matches.push(slot);
+  }
+  if (matches.length === 1) return matches[0] as P11.Handle;
+  if (matches.length > 1) {
+    throw new HsmError('HSM_ERR_TOKEN_NOT_FOUND', `${matches.length} tokens are labelled "${label}"; labels must be unique`);
+  }
+  const list = seen.length === 0 ? 'no initialised tokens' : `tokens present: ${seen.map((l) => `"${l}"`).join(', ')}`;
+  throw new HsmError('HSM_ERR_TOKEN_NOT_FOUND', `no token labelled "${label}" (${list})`);
+}

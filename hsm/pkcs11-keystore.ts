@@ -11,7 +11,8 @@ import type {
   RsaPublicKey,
   TokenDescription,
 } from './keystore.js';
-import { loadModule, type LoadedModule } from './module.js';
+import { RSA_OAEP_SHA1, RSA_PKCS1_V15 } from './mechanisms.js';
+import { findTokenSlot, loadModule, type LoadedModule } from './module.js';
 import { modulusBits, unsigned } from './rsa-der.js';
 import { SessionPool } from './session-pool.js';
 import {
@@ -60,20 +61,8 @@ interface KeyEntry {
   modulusBytes: number;
 }
 
-const OAEP_SHA1: P11.Mechanism = {
-  mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-  // CKZ_DATA_SPECIFIED (1) with no source data: the empty label.
-  parameter: {
-    type: pkcs11js.CK_PARAMS_RSA_OAEP,
-    hashAlg: pkcs11js.CKM_SHA_1,
-    mgf: pkcs11js.CKG_MGF1_SHA1,
-    source: 1,
-  } satisfies P11.RsaOAEP as P11.IParams,
-};
-const PKCS1_V15: P11.Mechanism = { mechanism: pkcs11js.CKM_RSA_PKCS };
-
 function mechanismFor(padding: RsaPadding): P11.Mechanism {
-  return padding === 'pkcs1' ? PKCS1_V15 : OAEP_SHA1;
+  return padding === 'pkcs1' ? RSA_PKCS1_V15 : RSA_OAEP_SHA1;
 }
 
 function gcm(iv: Buffer, context: string): P11.Mechanism {
@@ -89,30 +78,12 @@ function gcm(iv: Buffer, context: string): P11.Mechanism {
   };
 }
 
-function findSlot(pkcs11: P11.PKCS11, label: string): Handle {
-  const seen: string[] = [];
-  const matches: Handle[] = [];
-  for (const slot of pkcs11.C_GetSlotList(true)) {
-    const info = pkcs11.C_GetTokenInfo(slot);
-    if ((info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) === 0) continue;
-    const tokenLabel = info.label.trim();
-    seen.push(tokenLabel);
-    if (tokenLabel === label) matches.push(slot);
-  }
-  if (matches.length === 1) return matches[0] as Handle;
-  if (matches.length > 1) {
-    throw new HsmError('HSM_ERR_TOKEN_NOT_FOUND', `${matches.length} tokens are labelled "${label}"; labels must be unique`);
-  }
-  const list = seen.length === 0 ? 'no initialised tokens' : `tokens present: ${seen.map((l) => `"${l}"`).join(', ')}`;
-  throw new HsmError('HSM_ERR_TOKEN_NOT_FOUND', `no token labelled "${label}" (${list})`);
-}
-
 /** Open the token, log in and fill the session pool. */
 export async function openPkcs11KeyStore(options: Pkcs11KeyStoreOptions): Promise<Pkcs11KeyStore> {
   const module = loadModule(options.modulePath, options.libraryParameters);
   let store: Pkcs11KeyStore | undefined;
   try {
-    const slot = findSlot(module.pkcs11, options.tokenLabel);
+    const slot = findTokenSlot(module.pkcs11, options.tokenLabel);
     const info = module.pkcs11.C_GetTokenInfo(slot);
     if ((info.flags & pkcs11js.CKF_USER_PIN_INITIALIZED) === 0) {
       throw new HsmError('HSM_ERR_LOGIN', `token "${options.tokenLabel}" has no user PIN yet`);

@@ -3,7 +3,8 @@ import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
 import { HsmError, ckrName, ckrOf, translate } from './errors.js';
 import { createBackupKek } from './kek.js';
-import { loadModule, type LoadedModule } from './module.js';
+import { rsaOaep } from './mechanisms.js';
+import { findTokenSlot, loadModule, type LoadedModule } from './module.js';
 
 type Handle = P11.Handle;
 
@@ -105,22 +106,11 @@ export class TokenSession {
   }
 }
 
-function findSlotByLabel(p: P11.PKCS11, label: string): Handle {
-  const matches = p.C_GetSlotList(true).filter((s) => {
-    const info = p.C_GetTokenInfo(s);
-    return (info.flags & pkcs11js.CKF_TOKEN_INITIALIZED) !== 0 && info.label.trim() === label;
-  });
-  if (matches.length !== 1) {
-    throw new HsmError('HSM_ERR_TOKEN_NOT_FOUND', `${matches.length === 0 ? 'no' : matches.length} token${matches.length === 1 ? '' : 's'} labelled "${label}"`);
-  }
-  return matches[0] as Handle;
-}
-
 /** Open a read-write session on the token labelled `label` (not logged in yet). */
 export function openTokenSession(modulePath: string, label: string): TokenSession {
   const module = loadModule(modulePath);
   try {
-    const slot = findSlotByLabel(module.pkcs11, label);
+    const slot = findTokenSlot(module.pkcs11, label);
     const info = module.pkcs11.C_GetTokenInfo(slot);
     const session = module.pkcs11.C_OpenSession(slot, pkcs11js.CKF_SERIAL_SESSION | pkcs11js.CKF_RW_SESSION);
     return new TokenSession(module, slot, session, info.label.trim(), info.serialNumber.trim());
@@ -207,17 +197,8 @@ function probeOaep(p: P11.PKCS11, slot: Handle, hash: 'sha1' | 'sha256'): boolea
       { type: pkcs11js.CKA_MODULUS, value: key.modulus },
       { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: key.publicExponent },
     ]);
-    const sha256 = hash === 'sha256';
     try {
-      p.C_EncryptInit(session, {
-        mechanism: pkcs11js.CKM_RSA_PKCS_OAEP,
-        parameter: {
-          type: pkcs11js.CK_PARAMS_RSA_OAEP,
-          hashAlg: sha256 ? pkcs11js.CKM_SHA256 : pkcs11js.CKM_SHA_1,
-          mgf: sha256 ? pkcs11js.CKG_MGF1_SHA256 : pkcs11js.CKG_MGF1_SHA1,
-          source: 1,
-        } satisfies P11.RsaOAEP as P11.IParams,
-      }, handle);
+      p.C_EncryptInit(session, rsaOaep(hash), handle);
       p.C_Encrypt(session, Buffer.alloc(16, 1), Buffer.alloc(256));
       return true;
     } catch {

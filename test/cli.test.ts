@@ -6,8 +6,9 @@ import t from 'tap';
 import { createTestDatabase } from './helpers/database.js';
 import { startHarness } from './helpers/harness.js';
 import { hawkFetch, send, type ClientCredential } from './helpers/hawk-client.js';
-import { CLI_JS, SERVER_JS } from './helpers/paths.js';
-import { baseEnv, spawnNode, startService, tempDir, tokenEnv, waitExit, writeSecretFile } from './helpers/process-util.js';
+import { SERVER_JS } from './helpers/paths.js';
+import { baseEnv, startService, tempDir, tokenEnv, waitExit, writeSecretFile } from './helpers/process-util.js';
+import { secretCheckedCli } from './helpers/cli-run.js';
 import { createTestToken } from './helpers/token.js';
 
 const PREFIX = '/key-management/v1';
@@ -18,21 +19,7 @@ const work = tempDir(t, 'cli');
 const pinFile = writeSecretFile(work, 'pin', `${token.pin}\n`);
 const adminToken = randomBytes(32).toString('base64url');
 const SECRETS = [token.pin, token.soPin, adminToken];
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Run `node CLI_JS ...args` with exactly `env`; every run is checked for leaked secrets. */
-async function cli(tt: Parameters<typeof spawnNode>[0] & Pick<typeof t, 'notOk'>, args: string[], env: Record<string, string>): Promise<Run> {
-  const proc = spawnNode(tt, CLI_JS, args, env);
-  const { code } = await waitExit(proc, 60_000);
-  const leaked = SECRETS.filter((s) => proc.output().includes(s));
-  tt.notOk(leaked.length, `strongroom ${args.join(' ')}: the PIN (or any secret) is not in the output`);
-  return { code, stdout: proc.stdout(), stderr: proc.stderr() };
-}
+const cli = secretCheckedCli(SECRETS);
 
 const db = await createTestDatabase(t);
 const env = { ...baseEnv(), ...tokenEnv(token, pinFile), DATABASE_URL: db.url };

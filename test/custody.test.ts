@@ -14,8 +14,8 @@ import { startHarness } from './helpers/harness.js';
 import { hawkFetch, type ClientCredential } from './helpers/hawk-client.js';
 import { decodeRsaPublicKey } from '../hsm/index.js';
 import { nodeEncrypt, parseObjectList, pkcs11Tool, readPrivateExponent, withTokenSession } from './helpers/keystore-util.js';
-import { CLI_JS } from './helpers/paths.js';
-import { baseEnv, spawnNode, tempDir, waitExit, writeSecretFile } from './helpers/process-util.js';
+import { baseEnv, tempDir, writeSecretFile } from './helpers/process-util.js';
+import { secretCheckedCli } from './helpers/cli-run.js';
 import { createTestToken, type TestToken } from './helpers/token.js';
 
 // About 30 s of spawned CLI runs and RSA-3072 generations on two cores.
@@ -27,6 +27,7 @@ const tokenB = createTestToken();
 const labelC = `c-${randomBytes(4).toString('hex')}`;
 const work = tempDir(t, 'custody');
 const SECRETS = [tokenA.pin, tokenA.soPin, tokenB.pin, tokenB.soPin];
+const cli = secretCheckedCli(SECRETS);
 
 const dbA = await createTestDatabase(t);
 const dbB = await createTestDatabase(t);
@@ -45,21 +46,6 @@ function envFor(token: TestToken, databaseUrl: string, name: string): Record<str
 }
 const envA = envFor(tokenA, dbA.url, 'a');
 const envB = envFor(tokenB, dbB.url, 'b');
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Run the CLI; every run is checked for leaked PINs. */
-async function cli(tt: Parameters<typeof spawnNode>[0] & Pick<typeof t, 'notOk'>, args: string[], env: Record<string, string>): Promise<Run> {
-  const proc = spawnNode(tt, CLI_JS, args, env);
-  const { code } = await waitExit(proc, 60_000);
-  const leaked = SECRETS.filter((s) => proc.output().includes(s));
-  tt.notOk(leaked.length, `strongroom ${args.join(' ')}: no PIN in the output`);
-  return { code, stdout: proc.stdout(), stderr: proc.stderr() };
-}
 
 const rsaPrivateKeys = (token: TestToken): number =>
   withTokenSession(token, (p, s) => {

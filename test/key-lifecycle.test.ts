@@ -12,8 +12,8 @@ import { KeyLifecycle } from '../src/keys/lifecycle.js';
 import { findKeyInconsistencies } from '../src/keys/reconcile.js';
 import { hawkFetch, send, type ClientCredential } from './helpers/hawk-client.js';
 import { startHarness, type Harness } from './helpers/harness.js';
-import { CLI_JS } from './helpers/paths.js';
-import { baseEnv, spawnNode, tempDir, tokenEnv, waitExit, writeSecretFile } from './helpers/process-util.js';
+import { baseEnv, tempDir, tokenEnv, writeSecretFile } from './helpers/process-util.js';
+import { secretCheckedCli } from './helpers/cli-run.js';
 import { createTestToken } from './helpers/token.js';
 
 t.setTimeout(180_000);
@@ -57,13 +57,9 @@ async function auditEvents(keypairId: string): Promise<string[]> {
   return rows.map((r) => `${r.event} by ${r.actor}`);
 }
 
-async function cli(tt: Test, args: string[], stdin?: string) {
-  const proc = spawnNode(tt, CLI_JS, args, cliEnv);
-  if (stdin !== undefined) proc.child.stdin?.end(stdin);
-  const { code } = await waitExit(proc, 60_000);
-  tt.notOk(proc.output().includes(token.pin), `strongroom ${args.join(' ')}: no PIN in the output`);
-  return { code, stdout: proc.stdout(), stderr: proc.stderr() };
-}
+const checkedCli = secretCheckedCli([token.pin], cliEnv);
+/** The built CLI with this file's environment; every run is checked for the PIN in its output. */
+const cli = (tt: Test, args: string[], stdin?: string) => checkedCli(tt, args, cliEnv, stdin);
 
 const k1 = await createKeypair();
 

@@ -12,7 +12,8 @@ import { createTestDatabase } from './helpers/database.js';
 import { withTokenSession } from './helpers/keystore-util.js';
 import { startHarness } from './helpers/harness.js';
 import { hawkFetch, type ClientCredential } from './helpers/hawk-client.js';
-import { createLegacyMysql, makeLegacyKey, runCli, type CliRun, type LegacyKey } from './helpers/ops-util.js';
+import { runCli, secretCheckedCli, type CliRun } from './helpers/cli-run.js';
+import { createLegacyMysql, makeLegacyKey, type LegacyKey } from './helpers/ops-util.js';
 import { baseEnv, tempDir, tokenEnv, writeSecretFile } from './helpers/process-util.js';
 import { createTestToken } from './helpers/token.js';
 
@@ -26,14 +27,8 @@ const env = { ...baseEnv(), ...tokenEnv(token, pinFile), DATABASE_URL: db.url, K
 const keys = await Promise.all([0, 1, 2, 3, 4].map(() => makeLegacyKey(work)));
 const [k1, k2, k3, kJson, kCsv] = keys as [LegacyKey, LegacyKey, LegacyKey, LegacyKey, LegacyKey];
 const SECRETS = [token.pin, token.soPin, ...keys.flatMap((k) => [k.privateKey, k.privateKey.slice(100, 160)])];
-
-/** Run the CLI and check its output for any secret. */
-async function cli(tt: Parameters<typeof runCli>[0] & Pick<typeof t, 'notOk'>, args: string[], e = env): Promise<CliRun> {
-  const r = await runCli(tt, args, e);
-  const leaked = SECRETS.filter((s) => r.stdout.includes(s) || r.stderr.includes(s));
-  tt.notOk(leaked.length, `strongroom ${args.join(' ')}: no key material or PIN in the output`);
-  return r;
-}
+/** The built CLI; every run is checked for key material and PINs in its output. */
+const cli = secretCheckedCli(SECRETS, env);
 
 interface Summary {
   imported: number;

@@ -9,7 +9,8 @@ import t from 'tap';
 import { createTestDatabase } from './helpers/database.js';
 import { hawkFetch, send, type ClientCredential } from './helpers/hawk-client.js';
 import { withTokenSession } from './helpers/keystore-util.js';
-import { makeCertificateValidity, runCli, type CliRun } from './helpers/ops-util.js';
+import { secretCheckedCli } from './helpers/cli-run.js';
+import { makeCertificateValidity } from './helpers/ops-util.js';
 import { SERVER_JS } from './helpers/paths.js';
 import { baseEnv, spawnNode, startService, tempDir, tokenEnv, waitExit, writeSecretFile } from './helpers/process-util.js';
 import { createTestToken } from './helpers/token.js';
@@ -22,13 +23,8 @@ const adminToken = randomBytes(32).toString('base64url');
 const db = await createTestDatabase(t);
 const env = { ...baseEnv(), ...tokenEnv(token, pinFile), DATABASE_URL: db.url, KEY_POOL_SIZE: '0', LOG_LEVEL: 'warn' };
 const secrets: string[] = [token.pin, token.soPin, adminToken];
-
-async function cli(tt: Parameters<typeof runCli>[0] & Pick<typeof t, 'notOk'>, args: string[], e: Record<string, string> = env, input?: string): Promise<CliRun> {
-  const r = await runCli(tt, args, e, input);
-  const leaked = secrets.filter((s) => r.stdout.includes(s) || r.stderr.includes(s));
-  tt.notOk(leaked.length, `strongroom ${args.join(' ')}: no secret in the output`);
-  return r;
-}
+/** The built CLI; every run is checked for the secrets above (keys printed later join them). */
+const cli = secretCheckedCli(secrets, env);
 
 /** Poll until `fn` answers `status` (the service caches credentials for 2 s). */
 async function eventually(fn: () => Promise<number>, status: number, ms = 6_000): Promise<{ status: number; after: number }> {

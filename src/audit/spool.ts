@@ -1,23 +1,11 @@
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { mkdirSync, rmSync, statSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { tryPidLock } from '../pid-lock.js';
 import type { AuditRecord } from './chain.js';
 
 /** How many spool slots a directory offers (one per instance sharing it). */
 const MAX_SLOTS = 64;
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Slots this process holds: a lock file with our own pid is only ours if it is in here. */
-const heldHere = new Set<string>();
 
 /** Wire form of a record in the spool file: one JSON object per line. */
 type SpoolLine = Omit<AuditRecord, 'loggedAt'> & { loggedAt: string };
@@ -61,47 +49,13 @@ export class AuditSpool {
     mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
     for (let n = 0; n < MAX_SLOTS; n += 1) {
       const base = join(this.#dir, `spool-${n}`);
-      if (heldHere.has(base)) continue;
-      const lock = `${base}.lock`;
-      if (!this.#tryLock(lock)) continue;
-      heldHere.add(base);
+      const lock = tryPidLock(`${base}.lock`);
+      if ('holder' in lock) continue;
       this.#slot = base;
-      this.#release = () => {
-        heldHere.delete(base);
-        rmSync(lock, { force: true });
-      };
+      this.#release = lock.release;
       return;
     }
     throw new Error(`no free audit spool slot in ${this.#dir}`);
-  }
-
-  #tryLock(lock: string): boolean {
-    for (let attempt = 0; attempt < 3; attempt += 1) {
-      try {
-        const fd = openSync(lock, 'wx', 0o600);
-        writeSync(fd, String(process.pid));
-        closeSync(fd);
-        return true;
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      }
-      let pid: number | undefined;
-      try {
-        pid = Number(readFileSync(lock, 'utf8').trim());
-      } catch {
-        continue;
-      }
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) return false;
-      // Stale: move it aside (only one taker wins the rename), then retry the exclusive create.
-      const aside = `${lock}.stale-${process.pid}-${randomBytes(4).toString('hex')}`;
-      try {
-        renameSync(lock, aside);
-        rmSync(aside, { force: true });
-      } catch {
-        /* another starter took it over first */
-      }
-    }
-    return false;
   }
 
   /** True when entries wait in the file (also entries a previous owner of the slot left). */

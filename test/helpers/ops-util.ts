@@ -1,44 +1,16 @@
-// Helpers for the operator-command tests: the built CLI with a piped stdin, legacy key pairs in
-// the example service's format made by the openssl CLI, a MariaDB database per run, and
-// certificates with chosen validity periods.
-import { execFile, execFileSync, spawn } from 'node:child_process';
+// Helpers for the operator-command tests: legacy key pairs in the example service's format made
+// by the openssl CLI, a MariaDB database per run, and certificates with chosen validity periods.
+import { execFile, execFileSync } from 'node:child_process';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import mysql from 'mysql2/promise';
-import { CLI_JS } from './paths.js';
 
 const run = promisify(execFile);
 
 interface TestLike {
   teardown(fn: () => unknown): void;
-}
-
-export interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** `node CLI_JS ...args` with exactly `env`; `input` is piped to stdin (else stdin is empty). */
-export async function runCli(t: TestLike, args: string[], env: Record<string, string>, input?: string): Promise<CliRun> {
-  const child = spawn(process.execPath, ['--enable-source-maps', CLI_JS, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (c: string) => (stdout += c));
-  child.stderr.setEncoding('utf8').on('data', (c: string) => (stderr += c));
-  const killer = () => child.kill('SIGKILL');
-  t.teardown(killer);
-  child.stdin.end(input ?? '');
-  const code = await new Promise<number | null>((resolve) => {
-    const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
-    child.once('close', (c) => {
-      clearTimeout(timer);
-      resolve(c);
-    });
-  });
-  return { code, stdout, stderr };
 }
 
 /** A key pair exactly as the example service stores it (base64 of PKCS#1 DER, both halves). */
