@@ -9,7 +9,7 @@
 //        server on which a CREATEDB role may create the soak's own database), SOAK_KEEP=1 keeps it.
 import { execFileSync, spawn } from 'node:child_process';
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -77,7 +77,18 @@ const port = await new Promise((res) => {
 const origin = `http://127.0.0.1:${port}`;
 const base = `${origin}/key-management/v1`;
 const serverLog = join(work, 'server.log');
-const server = spawn(process.execPath, [join(DIST, 'src/server.js')], {
+// SOAK_HEAPSNAPSHOT_AT=60,600: the server writes a V8 heap snapshot at those seconds into
+// SOAK_HEAPSNAPSHOT_DIR (default var/soak), to find what grows.
+const snapshotAt = (process.env.SOAK_HEAPSNAPSHOT_AT ?? '')
+  .split(',')
+  .filter((v) => v.trim() !== '')
+  .map(Number);
+const snapshotDir = resolve(process.env.SOAK_HEAPSNAPSHOT_DIR ?? 'var/soak');
+if (snapshotAt.length > 0) mkdirSync(snapshotDir, { recursive: true });
+const server = spawn(process.execPath, [
+  ...(snapshotAt.length > 0 ? ['--heapsnapshot-signal=SIGUSR2', `--diagnostic-dir=${snapshotDir}`] : []),
+  join(DIST, 'src/server.js'),
+], {
   env: {
     PATH: process.env.PATH,
     SOFTHSM2_CONF: conf,
@@ -90,12 +101,17 @@ const server = spawn(process.execPath, [join(DIST, 'src/server.js')], {
     // Every client here is 127.0.0.1: the forwarded address tells the Genesys caller and the attackers apart.
     TRUST_PROXY: 'true',
     LOG_LEVEL: process.env.SOAK_LOG_LEVEL ?? 'warn',
+    ...(process.env.MALLOC_ARENA_MAX && { MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX }),
   },
   stdio: ['ignore', 'pipe', 'pipe'],
+  ...(snapshotAt.length > 0 && { cwd: snapshotDir }),
 });
 const logChunks = [];
 server.stdout.on('data', (d) => logChunks.push(d));
 server.stderr.on('data', (d) => logChunks.push(d));
+for (const at of snapshotAt) {
+  setTimeout(() => server.kill('SIGUSR2'), at * 1000).unref();
+}
 let serverExit;
 const exited = new Promise((res) => server.on('exit', (code, signal) => res((serverExit = { code, signal }))));
 
@@ -326,8 +342,10 @@ try {
     return CLASSES[0];
   };
 
-  const deadline = Date.now() + SECONDS * 1000;
-  let lastReport = Date.now();
+  const t0 = Date.now();
+  const deadline = t0 + SECONDS * 1000;
+  let lastReport = t0;
+  const memorySeries = []; // once a minute: seconds into the traffic, RSS and V8 heap in use
   async function worker() {
     while (Date.now() < deadline && !serverExit) {
       const [name, , run] = choose();
@@ -351,11 +369,15 @@ try {
       if (Date.now() - lastReport > 60_000) {
         lastReport = Date.now();
         const sent = [...classes.values()].reduce((s, m) => s + [...m.values()].reduce((a, b) => a + b, 0), 0);
-        log(`${Math.round((deadline - Date.now()) / 1000)} s left: ${sent} requests, RSS ${rssMb()?.toFixed(1)} MB`);
+        const rss = rssMb();
+        const heap = await fetch(`${origin}/admin/v1/runtime`, { headers: { authorization: `Bearer ${adminToken}` } })
+          .then((r) => r.json())
+          .then((j) => j.heapUsedBytes / 2 ** 20, () => undefined);
+        memorySeries.push({ s: Math.round((Date.now() - t0) / 1000), rssMb: rss && Math.round(rss), heapMb: heap && Math.round(heap) });
+        log(`${Math.round((deadline - Date.now()) / 1000)} s left: ${sent} requests, RSS ${rss?.toFixed(1)} MB, heap ${heap?.toFixed(1)} MB`);
       }
     }
   }
-  const t0 = Date.now();
   await Promise.all(Array.from({ length: CONCURRENCY }, worker));
   const elapsed = (Date.now() - t0) / 1000;
   const rssEnd = rssMb();
@@ -390,6 +412,7 @@ try {
       end: rssEnd && Number(rssEnd.toFixed(1)),
       max: Number(rssMax.toFixed(1)),
     },
+    memorySeries,
     shutdown: exit,
     audit: { requestsSent: loggedRequests, requestLogRows: rows, missing: loggedRequests - rows, byStatus: Object.fromEntries(byStatus.map((r) => [r.status_code, Number(r.n)])) },
   };

@@ -5,6 +5,16 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
+# The known-answer vectors (Wycheproof, Hawk, TOTP, JOSE) are not part of the repository: they
+# live beside the checkout in ../shared/vectors, or where STRONGROOM_VECTORS points.
+if [ -n "${STRONGROOM_VECTORS:-}" ]; then
+  [ -d "$STRONGROOM_VECTORS/wycheproof" ] || die "STRONGROOM_VECTORS=$STRONGROOM_VECTORS has no wycheproof/ folder: point it at the shared known-answer vectors"
+elif [ -d "$ROOT/../shared/vectors/wycheproof" ]; then
+  export STRONGROOM_VECTORS="$(cd "$ROOT/../shared/vectors" && pwd)"
+else
+  die "known-answer vectors not found: expected $(cd "$ROOT/.." && pwd)/shared/vectors (beside the checkout) or STRONGROOM_VECTORS"
+fi
+
 ensure_node
 ensure_softhsm --with-tools
 ensure_npm_deps

@@ -13,15 +13,14 @@ export const CLI_JS = join(BUILD_ROOT, 'src', 'cli', 'main.js');
 export const REPO_ROOT = process.cwd();
 
 /**
- * The shared known-answer vectors (../shared/vectors next to the checkout). STRONGROOM_VECTORS
- * overrides; a missing directory fails the test rather than skipping it.
+ * The shared known-answer vectors: where STRONGROOM_VECTORS points, else ../shared/vectors beside
+ * the checkout. scripts/test.sh refuses to start without them; a missing directory here fails the
+ * test rather than skipping it.
  */
 export function vectorsDir(): string {
-  const candidates = [
-    process.env.STRONGROOM_VECTORS,
-    resolve(REPO_ROOT, '..', 'shared', 'vectors'),
-    '/work/shared/vectors',
-  ].filter((p): p is string => typeof p === 'string' && p !== '');
+  const candidates = [process.env.STRONGROOM_VECTORS, resolve(REPO_ROOT, '..', 'shared', 'vectors')].filter(
+    (p): p is string => typeof p === 'string' && p !== '',
+  );
   const found = candidates.find((p) => existsSync(join(p, 'wycheproof')));
   if (!found) throw new Error(`known-answer vectors not found (looked in ${candidates.join(', ')}); set STRONGROOM_VECTORS`);
   return found;
