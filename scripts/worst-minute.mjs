@@ -146,6 +146,10 @@ async function run(runNo) {
   const [A, B] = instances;
   const report = { run: runNo, stopMode: runNo % 2 === 0 ? 'immediate' : 'fast', requests: 0, statuses: {}, bad: [], keypairs: 0 };
   const count = (s) => (report.statuses[s] = (report.statuses[s] ?? 0) + 1);
+  // The first 30 problems in full, the rest counted.
+  let problems = 0;
+  report.bad = { push: (m) => (++problems <= 30 ? bad.push(m) : undefined) };
+  const bad = [];
 
   let credential;
   const call = async (inst, method, path, body) => {
@@ -280,7 +284,10 @@ async function run(runNo) {
       }
     }
     for (const inst of instances) {
-      if (inst.exit) report.bad.push(`${inst.name} exited: ${JSON.stringify(inst.exit)}\n${Buffer.concat(inst.out).toString().slice(-2000)}`);
+      if (inst.exit) {
+        report.bad.push(`${inst.name} exited: ${JSON.stringify(inst.exit)}\n${Buffer.concat(inst.out).toString().slice(-2000)}`);
+        continue;
+      }
       const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${inst.child.pid}/status`, 'utf8'));
       report[`rss${inst.name}Mb`] = m ? Math.round(Number(m[1]) / 1024) : null;
     }
@@ -301,7 +308,9 @@ async function run(runNo) {
   await sql(server.url, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
   server.close();
   rmSync(work, { recursive: true, force: true });
-  report.pass = report.bad.length === 0;
+  report.problems = problems;
+  report.bad = bad;
+  report.pass = problems === 0;
   return report;
 }
 
