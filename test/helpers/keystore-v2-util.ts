@@ -129,7 +129,12 @@ export function ckrThrown(fn: () => void): string {
     fn();
     return 'no error';
   } catch (err) {
-    if (!(err instanceof pkcs11js.Pkcs11Error)) throw err;
+    // pkcs11js reports return values it has no name for (CKR_ACTION_PROHIBITED, 0x1B) as a plain
+    // Error with a message like "CKR_VENDOR_DEFINED:27".
+    if (!(err instanceof pkcs11js.Pkcs11Error)) {
+      if (err instanceof Error && err.message.startsWith('CKR_')) return err.message;
+      throw err;
+    }
     const name = Object.entries(pkcs11js).find(([k, v]) => k.startsWith('CKR_') && v === err.code)?.[0];
     return name ?? `CKR_0x${err.code.toString(16)}`;
   }
