@@ -1,7 +1,7 @@
 // KeyStore v2 contract over a real SoftHSM token: every key spec × usage × operation, each result
 // checked by independent peers (Node's crypto, the openssl CLI) and the key objects read back
 // with pkcs11js directly. Keys are generated in the token at test time.
-import { createHash, generateKeyPairSync, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, randomUUID, X509Certificate } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +13,7 @@ import t from 'tap';
 import {
   HsmError,
   KEY_SPECS,
+  openPkcs11KeyStore,
   openPkcs11KeyStoreV2,
   type DecryptScheme,
   type DigestHash,
@@ -382,4 +383,23 @@ t.test('destroy removes every object under the id; the alias is free again', asy
   t.equal((await rejection(ks.sign({ alias: 'short-lived' }, { scheme: 'ecdsa', hash: 'sha256' }, Buffer.alloc(32)))).code, 'HSM_ERR_KEY_NOT_FOUND');
   const again = await ks.generate({ spec: 'ec-p256', usage: 'sign', alias: 'short-lived' });
   t.not(again.ref.id.toString('hex'), info.ref.id.toString('hex'), 'a new key gets a new id');
+});
+
+t.test('a key made by the v1 store (UUID id and label) reads as a decrypt key with the token\'s padding', async (t) => {
+  const v1 = await openPkcs11KeyStore({ modulePath: token.modulePath, tokenLabel: token.label, pin: token.pin, sessions: 1 });
+  const keyId = randomUUID();
+  try {
+    await v1.generateRsaKeyPair(keyId, 2048);
+  } finally {
+    await v1.close();
+  }
+  const info = await ks.describe({ alias: keyId });
+  t.same([info.spec, info.usage, info.form, info.decryptSchemes], ['rsa-2048', 'decrypt', 'key-pair', { 'oaep-sha1': 'token', pkcs1: 'token' }]);
+  t.equal(info.ref.id.toString('hex'), keyId.replace(/-/g, ''), 'CKA_ID is the UUID\'s bytes');
+  const { spki } = await ks.publicKey({ alias: keyId });
+  for (const scheme of ['oaep-sha1', 'pkcs1'] as const) {
+    const message = randomBytes(24);
+    t.same(await ks.decrypt({ alias: keyId }, scheme, nodeEncryptV2(spki, scheme, message)), message, `v1 key decrypts ${scheme} through v2`);
+  }
+  t.equal((await rejection(ks.sign({ alias: keyId }, { scheme: 'rsa-pkcs1', hash: 'sha256' }, Buffer.alloc(32)))).ckr, 'CKR_KEY_FUNCTION_NOT_PERMITTED', 'and still cannot sign');
 });
