@@ -23,48 +23,65 @@ export interface TokenCapabilities {
   readonly notes: readonly string[];
 }
 
-const PROBE_BITS = 1024;
+/*
+ * 1024 bits: large enough for OAEP-SHA256 (2·32+2 bytes) and fast to generate; the key never
+ * protects anything. Modules in a FIPS mode refuse sizes below 2048, so that is the fallback.
+ */
+const PROBE_BITS = [1024, 2048];
 
 function describe(err: unknown): string {
   const code = ckrOf(err);
   return code === undefined ? 'not a PKCS#11 error' : ckrName(code);
 }
 
+/** A session-only RSA pair limited to OAEP, of the first size the module accepts. */
+function probeKeyPair(p11: P11.PKCS11, session: P11.Handle): { pair: P11.KeyPair; bytes: number } {
+  let failure: unknown;
+  for (const bits of PROBE_BITS) {
+    try {
+      const pair = p11.C_GenerateKeyPair(
+        session,
+        { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN },
+        [
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          { type: pkcs11js.CKA_ENCRYPT, value: true },
+          { type: pkcs11js.CKA_MODULUS_BITS, value: bits },
+          { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
+        ],
+        [
+          { type: pkcs11js.CKA_TOKEN, value: false },
+          { type: pkcs11js.CKA_SENSITIVE, value: true },
+          { type: pkcs11js.CKA_DECRYPT, value: true },
+          { type: pkcs11js.CKA_SIGN, value: false },
+          { type: pkcs11js.CKA_ALLOWED_MECHANISMS, value: packMechanisms([pkcs11js.CKM_RSA_PKCS_OAEP]) },
+        ],
+      );
+      return { pair, bytes: bits / 8 };
+    } catch (err) {
+      failure = err;
+    }
+  }
+  throw failure;
+}
+
 /**
  * Probe `session` (logged in, idle) with a throw-away session key pair: encrypt and decrypt
  * with OAEP-SHA256, then ask for a mechanism the key does not allow. The key is a session
- * object (CKA_TOKEN=false) and is destroyed before returning. 1024 bits: large enough for
- * OAEP-SHA256 (2·32+2 bytes), fast to generate; it never protects anything.
+ * object (CKA_TOKEN=false) and is destroyed before returning.
  */
 export function probeCapabilities(p11: P11.PKCS11, slot: P11.Handle, session: P11.Handle): TokenCapabilities {
   const notes: string[] = [];
   const listed = new Set(p11.C_GetMechanismList(slot));
-  const pair = p11.C_GenerateKeyPair(
-    session,
-    { mechanism: pkcs11js.CKM_RSA_PKCS_KEY_PAIR_GEN },
-    [
-      { type: pkcs11js.CKA_TOKEN, value: false },
-      { type: pkcs11js.CKA_ENCRYPT, value: true },
-      { type: pkcs11js.CKA_MODULUS_BITS, value: PROBE_BITS },
-      { type: pkcs11js.CKA_PUBLIC_EXPONENT, value: Buffer.from([1, 0, 1]) },
-    ],
-    [
-      { type: pkcs11js.CKA_TOKEN, value: false },
-      { type: pkcs11js.CKA_SENSITIVE, value: true },
-      { type: pkcs11js.CKA_DECRYPT, value: true },
-      { type: pkcs11js.CKA_SIGN, value: false },
-      { type: pkcs11js.CKA_ALLOWED_MECHANISMS, value: packMechanisms([pkcs11js.CKM_RSA_PKCS_OAEP]) },
-    ],
-  );
+  const { pair, bytes } = probeKeyPair(p11, session);
   try {
     let oaepSha256 = false;
     const secret = randomBytes(16);
     const mechanism = rsaOaep('sha256');
     try {
       p11.C_EncryptInit(session, mechanism, pair.publicKey);
-      const ct = p11.C_Encrypt(session, secret, Buffer.alloc(PROBE_BITS / 8));
+      const ct = p11.C_Encrypt(session, secret, Buffer.alloc(bytes));
       p11.C_DecryptInit(session, mechanism, pair.privateKey);
-      const pt = p11.C_Decrypt(session, ct, Buffer.alloc(PROBE_BITS / 8));
+      const pt = p11.C_Decrypt(session, ct, Buffer.alloc(bytes));
       oaepSha256 = pt.length === secret.length && timingSafeEqual(pt, secret);
       if (!oaepSha256) notes.push('OAEP-SHA256 round trip returned another value');
     } catch (err) {

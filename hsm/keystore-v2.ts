@@ -425,9 +425,15 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     if (this.#idByAlias.get(entry.info.ref.alias) === hex(entry.info.ref.id)) this.#idByAlias.delete(entry.info.ref.alias);
   }
 
-  /** Group handles by CKA_ID. */
-  #groups(session: Handle, handles: readonly Handle[]): Map<string, Handle[]> {
+  /**
+   * Key and certificate objects matching `template`, grouped by CKA_ID. Searched class by class:
+   * other objects (CKO_DATA of other applications) may have no CKA_ID at all.
+   */
+  #groups(session: Handle, template: P11.Template): Map<string, Handle[]> {
     const groups = new Map<string, Handle[]>();
+    const handles = [pkcs11js.CKO_PRIVATE_KEY, pkcs11js.CKO_PUBLIC_KEY, pkcs11js.CKO_CERTIFICATE].flatMap((cls) =>
+      this.#find(session, [{ type: pkcs11js.CKA_CLASS, value: cls }, ...template]),
+    );
     for (const h of handles) {
       const id = hex(this.#attr(session, h, pkcs11js.CKA_ID) ?? Buffer.alloc(0));
       groups.set(id, [...(groups.get(id) ?? []), h]);
@@ -439,7 +445,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     const l = lookupOf(key);
     if ('id' in l) return this.#describeObjects(session, l.id, this.#find(session, [{ type: pkcs11js.CKA_ID, value: l.id }]));
     // An alias names the objects of one id: two ids under one alias is ambiguous, not a guess.
-    const labelled = this.#groups(session, this.#find(session, [{ type: pkcs11js.CKA_LABEL, value: l.alias }]));
+    const labelled = this.#groups(session, [{ type: pkcs11js.CKA_LABEL, value: l.alias }]);
     const entries: KeyEntry[] = [];
     for (const [id] of labelled) {
       const all = this.#find(session, [{ type: pkcs11js.CKA_ID, value: Buffer.from(id, 'hex') }]);
@@ -473,6 +479,10 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     }
   }
 
+  /**
+   * Refuse a taken alias. Two instances creating one alias at the same moment can both pass;
+   * lookups then answer HSM_ERR_KEY_AMBIGUOUS rather than pick one.
+   */
   async #assertAliasFree(alias: string): Promise<void> {
     checkAlias(alias);
     const taken = await this.#run('alias lookup failed', (s) => this.#find(s, [{ type: pkcs11js.CKA_LABEL, value: alias }]).length > 0);
@@ -660,7 +670,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
   async list(filter: ListFilter = {}): Promise<KeyInfo[]> {
     const entries = await this.#run('cannot list keys', (s) => {
       const template: P11.Template = filter.alias === undefined ? [] : [{ type: pkcs11js.CKA_LABEL, value: filter.alias }];
-      const groups = this.#groups(s, this.#find(s, template));
+      const groups = this.#groups(s, template);
       const out: KeyEntry[] = [];
       for (const [id, handles] of groups) {
         const all = filter.alias === undefined ? handles : this.#find(s, [{ type: pkcs11js.CKA_ID, value: Buffer.from(id, 'hex') }]);

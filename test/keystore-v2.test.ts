@@ -33,6 +33,7 @@ import {
   spkiKey,
   tokenObjects,
 } from './helpers/keystore-v2-util.js';
+import { withTokenSession } from './helpers/keystore-util.js';
 import { createTestToken, type TestToken } from './helpers/token.js';
 
 const HASHES: readonly DigestHash[] = ['sha256', 'sha384', 'sha512'];
@@ -402,4 +403,20 @@ t.test('a key made by the v1 store (UUID id and label) reads as a decrypt key wi
     t.same(await ks.decrypt({ alias: keyId }, scheme, nodeEncryptV2(spki, scheme, message)), message, `v1 key decrypts ${scheme} through v2`);
   }
   t.equal((await rejection(ks.sign({ alias: keyId }, { scheme: 'rsa-pkcs1', hash: 'sha256' }, Buffer.alloc(32)))).ckr, 'CKR_KEY_FUNCTION_NOT_PERMITTED', 'and still cannot sign');
+});
+
+t.test('other applications\' data objects (no CKA_ID) are neither listed nor in the way', async (t) => {
+  withTokenSession(token, (p11, session) => {
+    p11.C_CreateObject(session, [
+      { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_DATA },
+      { type: pkcs11js.CKA_TOKEN, value: true },
+      { type: pkcs11js.CKA_PRIVATE, value: false },
+      { type: pkcs11js.CKA_LABEL, value: 'other-app' },
+      { type: pkcs11js.CKA_APPLICATION, value: 'someone else' },
+      { type: pkcs11js.CKA_VALUE, value: Buffer.from('data') },
+    ]);
+  });
+  const all = await ks.list();
+  t.ok(all.length >= 11 && !all.some((i) => i.ref.alias === 'other-app'), `${all.length} keys listed, the data object not`);
+  t.equal((await rejection(ks.describe({ alias: 'other-app' }))).code, 'HSM_ERR_KEY_NOT_FOUND');
 });
