@@ -24,6 +24,7 @@ import { decryptionRefused, oaepDecode } from './oaep.js';
 import type { Pkcs11KeyStoreOptions } from './pkcs11-keystore.js';
 import { modulusBits, unsigned } from './rsa-der.js';
 import { SessionPool } from './session-pool.js';
+import { DEFAULT_LANE, SessionLanes } from './session-lanes.js';
 import { ecdsaRawToDer, signInput, signMechanism, type SignScheme } from './signature.js';
 import {
   certificateTemplate,
@@ -70,7 +71,20 @@ export interface PublicKeyExport {
   readonly jwk: JsonWebKey;
 }
 
-export interface GenerateRequest {
+/** Which session lane (face) an operation runs in; DEFAULT_LANE when absent. */
+export interface OperationOptions {
+  readonly lane?: string;
+}
+
+export interface Pkcs11KeyStoreV2Options extends Pkcs11KeyStoreOptions {
+  /**
+   * Sessions reserved per lane, e.g. `{ lkm: 2, jose: 1 }` of 4: a burst in one lane never takes
+   * another lane's reservation. Together fewer than `sessions`.
+   */
+  readonly lanes?: Readonly<Record<string, number>>;
+}
+
+export interface GenerateRequest extends OperationOptions {
   readonly spec: KeySpec;
   readonly usage: KeyUsage;
   readonly alias: string;
@@ -118,13 +132,13 @@ export interface KeyStoreV2 {
    * HSM_ERR_DECRYPT "decryption refused"; a key or token that does not allow the scheme is
    * HSM_ERR_KEY_USAGE with the token's CKR name.
    */
-  decrypt(key: KeyLookup, scheme: DecryptScheme, ciphertext: Buffer): Promise<Buffer>;
+  decrypt(key: KeyLookup, scheme: DecryptScheme, ciphertext: Buffer, options?: OperationOptions): Promise<Buffer>;
 
   /**
    * Sign a digest the caller computed. RSA answers the k-byte signature; ECDSA answers DER
    * SEQUENCE{r,s} (a JOSE caller converts to r‖s itself).
    */
-  sign(key: KeyLookup, scheme: SignScheme, digest: Buffer): Promise<Buffer>;
+  sign(key: KeyLookup, scheme: SignScheme, digest: Buffer, options?: OperationOptions): Promise<Buffer>;
 
   publicKey(key: KeyLookup): Promise<PublicKeyExport>;
 
@@ -173,7 +187,9 @@ function describeLookup(key: KeyLookup): string {
 }
 
 /** Open the token, log in, probe what it can do and fill the session pool. */
-export async function openPkcs11KeyStoreV2(options: Pkcs11KeyStoreOptions): Promise<Pkcs11KeyStoreV2> {
+export async function openPkcs11KeyStoreV2(options: Pkcs11KeyStoreV2Options): Promise<Pkcs11KeyStoreV2> {
+  // Checked before the module is loaded: a bad lane plan is a configuration error.
+  const lanes = new SessionLanes(options.sessions, options.lanes);
   const module = loadModule(options.modulePath, options.libraryParameters);
   let store: Pkcs11KeyStoreV2 | undefined;
   try {
@@ -189,7 +205,7 @@ export async function openPkcs11KeyStoreV2(options: Pkcs11KeyStoreOptions): Prom
       manufacturer: info.manufacturerID.trim(),
       model: info.model.trim(),
     };
-    store = new Pkcs11KeyStoreV2(module, slot, token, options);
+    store = new Pkcs11KeyStoreV2(module, slot, token, options, lanes);
     store.start();
     return store;
   } catch (err) {
@@ -208,13 +224,15 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
   readonly #slot: Handle;
   readonly #pin: string;
   readonly #pool: SessionPool<Handle>;
+  readonly #lanes: SessionLanes;
   /** By hex CKA_ID. Public data and handles only. */
   readonly #byId = new Map<string, KeyEntry>();
   readonly #idByAlias = new Map<string, string>();
   #closed = false;
 
-  constructor(module: LoadedModule, slot: Handle, token: TokenDescription, options: Pkcs11KeyStoreOptions) {
+  constructor(module: LoadedModule, slot: Handle, token: TokenDescription, options: Pkcs11KeyStoreOptions, lanes: SessionLanes) {
     this.#module = module;
+    this.#lanes = lanes;
     this.#p = module.pkcs11;
     this.#slot = slot;
     this.#pin = options.pin;
@@ -298,10 +316,10 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     }
   }
 
-  async #run<T>(what: string, fn: (session: Handle) => Promise<T> | T): Promise<T> {
+  async #run<T>(what: string, fn: (session: Handle) => Promise<T> | T, lane: string = DEFAULT_LANE): Promise<T> {
     if (this.#closed) throw new HsmError('HSM_ERR_UNAVAILABLE', 'key store is closed');
     try {
-      return await this.#pool.use(fn);
+      return await this.#lanes.run(lane, () => this.#pool.use(fn));
     } catch (err) {
       throw translate(err, 'HSM_ERR_INTERNAL', what);
     }
@@ -526,7 +544,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
       const described = this.#describeObjects(s, ref.id, [pair.privateKey, pair.publicKey]);
       if (described === undefined) throw new HsmError('HSM_ERR_INTERNAL', 'the generated key does not read back as generated');
       return described;
-    });
+    }, request.lane);
     return this.#remember(entry).info;
   }
 
@@ -588,7 +606,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     return this.#remember(entry).info;
   }
 
-  async decrypt(key: KeyLookup, scheme: DecryptScheme, ciphertext: Buffer): Promise<Buffer> {
+  async decrypt(key: KeyLookup, scheme: DecryptScheme, ciphertext: Buffer, options: OperationOptions = {}): Promise<Buffer> {
     if (!DECRYPT_SCHEMES.includes(scheme)) throw new HsmError('HSM_ERR_INPUT', `unknown decryption scheme "${String(scheme)}"`);
     return this.#withEntry(key, async (entry) => {
       const privateKey = privateHandle(entry, 'decrypt');
@@ -615,7 +633,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
           // One answer for every refusal (padding, wrong key, value ≥ n): no oracle, not even the CKR name.
           throw e.code === 'HSM_ERR_DECRYPT' ? decryptionRefused() : e;
         }
-      });
+      }, options.lane);
       if (!software) return output;
       // Decoded outside the pool: a bad encoding is no reason to replace a healthy session,
       // and replacing it would make that failure slower than the token's own.
@@ -629,7 +647,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
     });
   }
 
-  async sign(key: KeyLookup, scheme: SignScheme, digest: Buffer): Promise<Buffer> {
+  async sign(key: KeyLookup, scheme: SignScheme, digest: Buffer, options: OperationOptions = {}): Promise<Buffer> {
     const mechanism = signMechanism(scheme);
     const input = signInput(scheme, digest);
     return this.#withEntry(key, async (entry) => {
@@ -641,7 +659,7 @@ export class Pkcs11KeyStoreV2 implements KeyStoreV2 {
           throw translate(err, 'HSM_ERR_KEY_USAGE', `key "${entry.info.ref.alias}" may not sign with ${scheme.scheme}`);
         }
         return this.#p.C_SignAsync(s, input, Buffer.alloc(entry.outputBytes));
-      });
+      }, options.lane);
       if (scheme.scheme !== 'ecdsa') return signature;
       const info = specInfo(entry.info.spec);
       return ecdsaRawToDer(signature, info.kind === 'ec' ? info.coordinateBytes : 0);
