@@ -35,7 +35,9 @@ export type HsmErrorCode =
   /** The token already holds keys (or a KEK) and strongroom refuses to overwrite them. */
   | 'HSM_ERR_TOKEN_IN_USE'
   /** Anything else the token reported. */
-  | 'HSM_ERR_INTERNAL';
+  | 'HSM_ERR_INTERNAL'
+  /** The key (or the token) does not allow this operation or scheme: wrong usage, mechanism not allowed. */
+  | 'HSM_ERR_KEY_USAGE';
 
 export interface HsmErrorOptions {
   cause?: unknown;
