@@ -140,7 +140,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(rawJson);
   await app.register(dbPlugin, options.db ? { db: options.db } : { config: config.database });
   await app.register(auditPlugin, { ...config.audit, clock });
-  await app.register(refusalLogPlugin, { clock });
+  await app.register(refusalLogPlugin, { ...config.refusalSampling, clock });
   await app.register(adminFailureLimit, { ...config.adminFailures, clock });
   await app.register(
     keyStorePlugin,
