@@ -19,9 +19,9 @@ export interface HawkFailureLimiterOptions extends HawkFailureLimitSettings {
   maxTracked?: number;
 }
 
-/** Why a request is refused before authentication, and for how long. */
+/** Why a request is refused before authentication (its address is over budget), and for how long. */
 export interface Refusal {
-  scope: 'address' | 'id';
+  scope: 'address';
   retryAfterSec: number;
 }
 

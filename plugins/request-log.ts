@@ -42,6 +42,7 @@ export const REFUSALS_BEFORE_AUTH: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'HAWK_ERR_TOO_MANY_FAILURES',
   'ADMIN_ERR_UNAUTHORIZED',
   'ADMIN_ERR_TOO_MANY_FAILURES',
+  'ADMIN_ERR_DISABLED',
   'REQ_ERR_AMBIGUOUS_REQUEST',
   'REQ_ERR_BAD_CLIENT_ADDRESS',
 ]);
@@ -54,6 +55,13 @@ export function clientAddress(request: FastifyRequest): string | null {
   const ip = request.ip;
   if (typeof ip === 'string' && isIP(ip) !== 0) return ip;
   return request.raw.socket?.remoteAddress ?? null;
+}
+
+const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60 };
+
+/** Drop a counted refusal's info lines: its logger goes to warn, never lower than it was. */
+function quiet(request: FastifyRequest): void {
+  if ((LEVELS[request.log.level] ?? Infinity) < LEVELS.warn!) request.log.level = 'warn';
 }
 
 const receivedAt = new WeakMap<FastifyRequest, Date>();
@@ -316,7 +324,7 @@ async function refusalLog(app: FastifyInstance, opts: RefusalLogOptions): Promis
     const code = (err as { code?: string }).code as ErrorCode;
     if (!REFUSALS_BEFORE_AUTH.has(code) || request.hawk) return;
     // Counted, not written: its info lines (the refusal, the completion) are dropped too.
-    if (!refusals.decide(request)) request.log.level = 'warn';
+    if (!refusals.decide(request)) quiet(request);
   });
 
   const timer = setInterval(() => void refusals.flush(), opts.flushIntervalMs ?? 10_000);
@@ -365,5 +373,5 @@ export function auditRefusedBeforeRouting(request: FastifyRequest, status: numbe
     actor: 'unauthenticated',
     detail: { code },
   };
-  if (!app.refusals.recordUnrouted(record)) request.log.level = 'warn';
+  if (!app.refusals.recordUnrouted(record)) quiet(request);
 }
