@@ -94,10 +94,12 @@ function isLookupFailure(err: unknown): boolean {
 
 /**
  * Hawk (hawk.1.header) authentication for every route of the scope it is registered in.
- * Checks, in order: header syntax, credentials, MAC (over the path with the query string, then,
- * when `acceptPathOnlyMac` and the credential never signed a query, without it), timestamp within ±skew (answering `ts`/`tsm` when stale), nonce once per credential
- * (after the timestamp, so stale requests do not fill the store), then the payload hash when
- * the client sent one. Every failure is the same 401; the handler never runs.
+ * Checks, in order: header syntax, credentials, MAC (over the path with the query string,
+ * then, when `acceptPathOnlyMac` and the credential never signed a query, without it),
+ * timestamp within ±skew (answering `ts`/`tsm` when stale), nonce once per credential (after
+ * the timestamp, so stale requests do not fill the store), then the payload hash when the
+ * client sent one. Every failure is the same 401 (429 for an unverified MAC naming an id over
+ * its failure budget, see hawk-failure-limit); the handler never runs.
  */
 async function hawkAuth(app: FastifyInstance, opts: HawkAuthOptions): Promise<void> {
   if (typeof opts.credentials !== 'function') throw new Error('hawk-auth: a credentials lookup is required');
@@ -114,8 +116,9 @@ async function hawkAuth(app: FastifyInstance, opts: HawkAuthOptions): Promise<vo
   const lookup = async (id: string): Promise<Credentials> => {
     const credential = await opts.credentials(id);
     if (credential) {
-      const known: Known = { id: credential.id, key: credential.key, algorithm: credential.algorithm, signsQuery: credential.signsQuery === true };
-      return known;
+      const { id: known, key, algorithm } = credential;
+      const value: Known = { id: known, key, algorithm, signsQuery: credential.signsQuery === true };
+      return value;
     }
     const decoy: Decoy = { id, key: randomBytes(32).toString('base64'), algorithm: 'sha256', decoy: true };
     return decoy;
