@@ -3,6 +3,7 @@ import fp from 'fastify-plugin';
 import { HsmError } from '../hsm/index.js';
 import { DatabaseUnavailableError } from '../src/db/unavailable.js';
 import { AppError, ERROR_CODE_HEADER, type ErrorCode } from '../src/errors.js';
+import { auditRefusedBeforeRouting } from './request-log.js';
 
 /** How long a client should wait before retrying a 503. */
 const RETRY_AFTER_SECONDS = '5';
@@ -49,10 +50,12 @@ function send(reply: FastifyReply, error: AppError): FastifyReply {
 /**
  * Fastify's `frameworkErrors` option: errors raised before routing (a path that does not
  * percent-decode, a parameter over the router's length limit) would otherwise get Fastify's own
- * body, which echoes the path and an internal code.
+ * body, which echoes the path and an internal code. Each is audited (sampled) as a
+ * `request.refused` event: no route scope, and so no request log, ever sees it.
  */
 export function frameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
   const error = toAppError(err);
+  auditRefusedBeforeRouting(request, error.status, error.code);
   request.log.info({ code: error.code, detail: err.code }, 'request refused before routing');
   send(reply, error);
 }

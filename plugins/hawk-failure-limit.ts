@@ -1,16 +1,14 @@
 import type { FastifyError, FastifyInstance, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
 import { AppError, type ErrorCode } from '../src/errors.js';
+import type {} from './hawk-auth.js';
 
 /** How many failures are allowed, and over how long. */
 export interface HawkFailureLimitSettings {
   /** Failed Hawk authentications allowed per client address within the window. */
   limit: number;
   windowSec: number;
-  /**
-   * Failures allowed per Hawk id within the window, counted only from addresses that never
-   * authenticated as that id (default: 5 × limit).
-   */
+  /** Failures allowed per Hawk id within the window, from any address (default: 5 × limit). */
   idLimit?: number;
 }
 
@@ -19,19 +17,16 @@ export interface HawkFailureLimiterOptions extends HawkFailureLimitSettings {
   clock?: () => number;
   /** Most addresses (and, separately, ids) tracked; the least recently failing is evicted first. */
   maxTracked?: number;
-  /** Most (id, address) pairs remembered as having authenticated. */
-  maxKnownGood?: number;
 }
 
-/** Why a request is refused before authentication, and for how long. */
+/** Why a request is refused before authentication (its address is over budget), and for how long. */
 export interface Refusal {
-  scope: 'address' | 'id';
+  scope: 'address';
   retryAfterSec: number;
 }
 
 const ID_LIMIT_FACTOR = 5;
 const DEFAULT_MAX_TRACKED = 10_000;
-const DEFAULT_MAX_KNOWN_GOOD = 10_000;
 /** Longer ids are truncated for bookkeeping; Hawk ids of real credentials are at most 128 characters. */
 const MAX_KEY_LENGTH = 256;
 
@@ -39,7 +34,7 @@ const MAX_KEY_LENGTH = 256;
  * Timestamps of recent failures per key: an exact sliding window, holding at most `limit`
  * entries per key and at most `maxKeys` keys (Map order = least recently failing first).
  */
-class SlidingWindow {
+export class FailureWindow {
   readonly #limit: number;
   readonly #windowMs: number;
   readonly #maxKeys: number;
@@ -95,17 +90,15 @@ class SlidingWindow {
 
 /**
  * Counts failed Hawk authentications per client address and per Hawk id, in memory (one
- * instance's view). A per-id lock never refuses an address that has authenticated as that id,
- * and only failures from other addresses count towards it: a stranger cannot lock out the
- * real caller by failing in its name.
+ * instance's view). An address over its budget is refused before any work. An id over its
+ * budget is never refused outright: a stranger can name the real caller's id as often as it
+ * likes, so the per-id limit only turns the answer to a request naming it whose MAC is wrong
+ * into a 429 (see hawk-auth); a request whose MAC is right is served.
  */
 export class HawkFailureLimiter {
   readonly #clock: () => number;
-  readonly #byAddress: SlidingWindow;
-  readonly #byId: SlidingWindow;
-  readonly #maxKnownGood: number;
-  /** `id\0address` pairs seen authenticating, least recently seen first. */
-  readonly #knownGood = new Map<string, true>();
+  readonly #byAddress: FailureWindow;
+  readonly #byId: FailureWindow;
 
   constructor(opts: HawkFailureLimiterOptions) {
     const { limit, windowSec } = opts;
@@ -115,45 +108,30 @@ export class HawkFailureLimiter {
     }
     const maxTracked = opts.maxTracked ?? DEFAULT_MAX_TRACKED;
     this.#clock = opts.clock ?? Date.now;
-    this.#byAddress = new SlidingWindow(limit, windowSec * 1000, maxTracked);
-    this.#byId = new SlidingWindow(idLimit, windowSec * 1000, maxTracked);
-    this.#maxKnownGood = opts.maxKnownGood ?? DEFAULT_MAX_KNOWN_GOOD;
+    this.#byAddress = new FailureWindow(limit, windowSec * 1000, maxTracked);
+    this.#byId = new FailureWindow(idLimit, windowSec * 1000, maxTracked);
   }
 
   /** Addresses and ids currently tracked (for tests of the memory bound). */
-  get tracked(): { addresses: number; ids: number; knownGood: number } {
-    return { addresses: this.#byAddress.size, ids: this.#byId.size, knownGood: this.#knownGood.size };
+  get tracked(): { addresses: number; ids: number } {
+    return { addresses: this.#byAddress.size, ids: this.#byId.size };
   }
 
-  #isKnownGood(id: string, address: string): boolean {
-    return this.#knownGood.has(`${id}\0${address}`);
+  /** Whether a request from `address` must be refused before any authentication work. */
+  check(address: string): Refusal | undefined {
+    const retryAfterSec = this.#byAddress.retryAfterSec(address, this.#clock());
+    return retryAfterSec > 0 ? { scope: 'address', retryAfterSec } : undefined;
   }
 
-  /** Whether a request from `address` naming `id` must be refused before any authentication work. */
-  check(address: string, id: string | undefined): Refusal | undefined {
-    const now = this.#clock();
-    const byAddress = this.#byAddress.retryAfterSec(address, now);
-    if (byAddress > 0) return { scope: 'address', retryAfterSec: byAddress };
-    if (id !== undefined && !this.#isKnownGood(id, address)) {
-      const byId = this.#byId.retryAfterSec(id, now);
-      if (byId > 0) return { scope: 'id', retryAfterSec: byId };
-    }
-    return undefined;
+  /** Seconds until a failure naming `id` is answered 401 again rather than 429; 0 when not limited. */
+  idRetryAfterSec(id: string | undefined): number {
+    return id === undefined ? 0 : this.#byId.retryAfterSec(id, this.#clock());
   }
 
   failure(address: string, id: string | undefined): void {
     const now = this.#clock();
     this.#byAddress.record(address, now);
-    if (id !== undefined && !this.#isKnownGood(id, address)) this.#byId.record(id, now);
-  }
-
-  success(address: string, id: string): void {
-    const key = `${id}\0${address}`;
-    this.#knownGood.delete(key);
-    this.#knownGood.set(key, true);
-    while (this.#knownGood.size > this.#maxKnownGood) {
-      this.#knownGood.delete(this.#knownGood.keys().next().value as string);
-    }
+    if (id !== undefined) this.#byId.record(id, now);
   }
 }
 
@@ -177,33 +155,33 @@ const counted = new WeakSet<FastifyRequest>();
 
 /**
  * Slows down Hawk guessing: register it in the Hawk scope BEFORE hawk-auth. A client address
- * (request.ip, so TRUST_PROXY applies) or a Hawk id over its failure budget gets 429 with
- * Retry-After before any MAC, database or token work; while limited even a correct request is
- * refused (its correctness is not looked at), and refusals do not count as failures.
+ * (request.ip, so TRUST_PROXY applies) over its failure budget gets 429 with Retry-After before
+ * any MAC, database or token work; while limited even a correct request is refused, and these
+ * refusals do not count as failures. A Hawk id over its budget only marks the request
+ * (`hawkIdRetryAfterSec`): hawk-auth still checks the MAC, serves a correct request, and answers
+ * a wrong one 429 instead of 401 (that one was a failure, and counts).
  */
 async function hawkFailureLimit(app: FastifyInstance, opts: HawkFailureLimitOptions): Promise<void> {
   const limiter = opts.limiter ?? new HawkFailureLimiter(opts);
 
   app.addHook('onRequest', async (request) => {
-    const refusal = limiter.check(request.ip, claimedHawkId(request.headers.authorization));
+    const refusal = limiter.check(request.ip);
     if (refusal) {
       throw new AppError('HAWK_ERR_TOO_MANY_FAILURES', {
         headers: { 'retry-after': String(refusal.retryAfterSec) },
-        detail: `too many failed Hawk authentications for this ${refusal.scope}`,
+        detail: 'too many failed Hawk authentications from this address',
       });
     }
+    request.hawkIdRetryAfterSec = limiter.idRetryAfterSec(claimedHawkId(request.headers.authorization));
   });
 
   // Runs before the error handler answers, so the next request already sees this failure.
   app.addHook('onError', async (request, _reply, err: FastifyError) => {
-    if (counted.has(request) || !FAILURE_CODES.has((err as { code?: string }).code as ErrorCode)) return;
+    const code = (err as { code?: string }).code as ErrorCode;
+    const failed = FAILURE_CODES.has(code) || (code === 'HAWK_ERR_TOO_MANY_FAILURES' && request.hawkIdRetryAfterSec > 0);
+    if (counted.has(request) || !failed) return;
     counted.add(request);
     limiter.failure(request.ip, claimedHawkId(request.headers.authorization));
-  });
-
-  // After preValidation (the payload hash check): the request is authenticated.
-  app.addHook('preHandler', async (request) => {
-    if (request.hawk) limiter.success(request.ip, request.hawk.id);
   });
 }
 

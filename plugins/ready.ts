@@ -8,6 +8,8 @@ export interface ReadyOptions {
   keyStore: KeyStore;
   /** Longest wait for each check (default 2 s): a hung dependency makes the answer "failed", not slow. */
   timeoutMs?: number;
+  /** How long one round of checks answers every caller (default 1 s). */
+  cacheMs?: number;
 }
 
 export type CheckResult = 'ok' | 'failed' | 'timeout';
@@ -37,10 +39,13 @@ async function check(fn: () => Promise<unknown>, timeoutMs: number): Promise<Che
  * process runs) it checks the database (`SELECT 1`), the token login (a pooled session is
  * logged in) and a canary operation (seal and open a random value with the token's secrets
  * key). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
- * Unauthenticated: it answers no more than which dependency is down.
+ * Unauthenticated: it answers no more than which dependency is down, and one round of checks
+ * (one canary seal and open) serves every caller for `cacheMs`, concurrent ones included, so
+ * calling it in a loop cannot take token sessions away from decrypts.
  */
 export default async function ready(app: FastifyInstance, opts: ReadyOptions): Promise<void> {
   const timeoutMs = opts.timeoutMs ?? 2_000;
+  const cacheMs = opts.cacheMs ?? 1_000;
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
@@ -52,14 +57,32 @@ export default async function ready(app: FastifyInstance, opts: ReadyOptions): P
     if (opened.length !== value.length || !timingSafeEqual(opened, value)) throw new Error('canary round trip differs');
   };
 
-  app.get('/ready', async (request, reply) => {
+  const runChecks = async (): Promise<Readiness['checks']> => {
     const [database, token, canaryResult] = await Promise.all([
       check(() => opts.db.query('SELECT 1'), timeoutMs),
       check(() => opts.keyStore.checkLogin(), timeoutMs),
       check(canary, timeoutMs),
     ]);
-    const checks = { database, token, canary: canaryResult };
-    const ok = database === 'ok' && token === 'ok' && canaryResult === 'ok';
+    return { database, token, canary: canaryResult };
+  };
+  // The round in flight, or the last one: reused until `cacheMs` after it settles.
+  let last: { checks: Promise<Readiness['checks']>; settledAt: number | undefined } | undefined;
+  const checksNow = (): Promise<Readiness['checks']> => {
+    const now = Date.now();
+    if (last && (last.settledAt === undefined || now - last.settledAt < cacheMs)) return last.checks;
+    const entry: { checks: Promise<Readiness['checks']>; settledAt: number | undefined } = {
+      checks: runChecks().finally(() => {
+        entry.settledAt = Date.now();
+      }),
+      settledAt: undefined,
+    };
+    last = entry;
+    return entry.checks;
+  };
+
+  app.get('/ready', async (request, reply) => {
+    const checks = await checksNow();
+    const ok = checks.database === 'ok' && checks.token === 'ok' && checks.canary === 'ok';
     const status: Readiness['status'] = closing ? 'shutting-down' : ok ? 'ready' : 'unavailable';
     if (status !== 'ready') request.log.warn({ checks, status }, 'not ready');
     const body: Readiness = { status, checks };

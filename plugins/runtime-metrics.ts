@@ -3,11 +3,14 @@ import type { FastifyInstance } from 'fastify';
 import type { KeyStore, KeyStoreStats } from '../hsm/index.js';
 import type { Secret } from '../src/secret.js';
 import adminAuth from './admin-auth.js';
+import requestLog from './request-log.js';
 
 export interface RuntimeMetricsOptions {
   /** ADMIN_TOKEN: the figures are for operators and the benchmark, not for Hawk callers. */
   adminToken: Secret | undefined;
   keyStore: KeyStore;
+  /** Requests authenticated by a path-only Hawk MAC, per credential id, since start. */
+  pathOnlyMac: () => Record<string, number>;
 }
 
 /** What GET /runtime answers. Event-loop delay covers the time since start or the last reset. */
@@ -18,6 +21,8 @@ export interface RuntimeSnapshot {
   /** Epoch ms when the event-loop delay window began. */
   since: number;
   keyStore: KeyStoreStats;
+  /** Hawk figures since start: `pathOnlyMac` counts requests whose MAC left the query string out. */
+  hawk: { pathOnlyMac: Record<string, number> };
 }
 
 /** Sampling interval of the event-loop delay histogram. */
@@ -31,13 +36,15 @@ const ms = (ns: number) => (Number.isFinite(ns) ? Math.max(0, Math.round((ns - R
 
 /**
  * `GET /runtime` (memory, event-loop delay p50/p99/max, key store counters) and
- * `POST /runtime/reset` (start a new event-loop delay window), both admin only.
+ * `POST /runtime/reset` (start a new event-loop delay window), both admin only and
+ * request-logged (a wrong admin token here is audited like anywhere else).
  */
 export async function runtimeMetrics(app: FastifyInstance, opts: RuntimeMetricsOptions): Promise<void> {
   const delay = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
   delay.enable();
   let since = Date.now();
   app.addHook('onClose', async () => delay.disable());
+  await app.register(requestLog, { sink: app.auditWriter });
   await app.register(adminAuth, { token: opts.adminToken });
 
   app.get('/runtime', async (): Promise<RuntimeSnapshot> => {
@@ -54,6 +61,7 @@ export async function runtimeMetrics(app: FastifyInstance, opts: RuntimeMetricsO
       },
       since,
       keyStore: opts.keyStore.stats(),
+      hawk: { pathOnlyMac: opts.pathOnlyMac() },
     };
   });
 

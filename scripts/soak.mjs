@@ -2,7 +2,7 @@
 // Soak test (not part of CI): starts the built service on a throw-away SoftHSM token and a fresh
 // Postgres database, drives mixed valid and invalid Hawk traffic for a configurable time, and
 // reports per-class status counts, unexpected statuses (any 5xx), the server's RSS at start/end/max
-// and audit completeness (request-log rows == requests sent). Exits 1 on any problem.
+// and audit completeness (request-log rows + refusals counted in auth.refusals == requests sent). Exits 1 on any problem.
 //
 //   node scripts/soak.mjs [--seconds N] [--concurrency N] [--dist DIR]
 //   env: SOAK_SECONDS (600), SOAK_CONCURRENCY (8), SOAK_DIST (dist), DATABASE_URL (a Postgres
@@ -99,7 +99,7 @@ const server = spawn(process.execPath, [
     PKCS11_PIN_FILE: pinFile,
     ADMIN_TOKEN_FILE: adminFile,
     // Every client here is 127.0.0.1: the forwarded address tells the Genesys caller and the attackers apart.
-    TRUST_PROXY: 'true',
+    TRUST_PROXY: '127.0.0.1',
     LOG_LEVEL: process.env.SOAK_LOG_LEVEL ?? 'warn',
     ...(process.env.MALLOC_ARENA_MAX && { MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX }),
   },
@@ -394,6 +394,10 @@ try {
   const onlyRequests = cols.includes('event') ? 'WHERE event IS NULL' : '';
   const rows = Number((await db.query(`SELECT count(*) AS n FROM request_log ${onlyRequests}`)).rows[0].n);
   const byStatus = (await db.query(`SELECT status_code, count(*) AS n FROM request_log ${onlyRequests} GROUP BY 1 ORDER BY 1`)).rows;
+  // Refusals before authentication beyond the sampling budget are counted in auth.refusals events.
+  const counted = cols.includes('event')
+    ? Number((await db.query(`SELECT COALESCE(sum((detail->>'counted')::bigint), 0) AS n FROM request_log WHERE event = 'auth.refusals'`)).rows[0].n)
+    : 0;
   await db.end();
 
   const sent = [...classes.values()].reduce((s, m) => s + [...m.values()].reduce((a, b) => a + b, 0), 0);
@@ -414,10 +418,10 @@ try {
     },
     memorySeries,
     shutdown: exit,
-    audit: { requestsSent: loggedRequests, requestLogRows: rows, missing: loggedRequests - rows, byStatus: Object.fromEntries(byStatus.map((r) => [r.status_code, Number(r.n)])) },
+    audit: { requestsSent: loggedRequests, requestLogRows: rows, refusalsCounted: counted, missing: loggedRequests - rows - counted, byStatus: Object.fromEntries(byStatus.map((r) => [r.status_code, Number(r.n)])) },
   };
   process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
-  const ok = fiveHundreds === 0 && unexpected.length === 0 && transportErrors === 0 && rows === loggedRequests && exit.code === 0;
+  const ok = fiveHundreds === 0 && unexpected.length === 0 && transportErrors === 0 && rows + counted === loggedRequests && exit.code === 0;
   log(ok ? 'PASS' : 'FAIL', `— server log: ${serverLog}${process.env.SOAK_KEEP === '1' ? '' : ' (removed; SOAK_KEEP=1 keeps it)'}`);
   if (!ok && process.env.SOAK_KEEP !== '1') process.stderr.write(Buffer.concat(logChunks).toString().split('\n').slice(-40).join('\n'));
   await cleanup();

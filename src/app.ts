@@ -3,12 +3,15 @@ import type { Writable } from 'node:stream';
 import sensible from '@fastify/sensible';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { HsmError, type KeyStore } from '../hsm/index.js';
+import { adminFailureLimit } from '../plugins/admin-auth.js';
 import auditPlugin from '../plugins/audit.js';
 import dbPlugin from '../plugins/db.js';
 import errorHandler, { frameworkErrors } from '../plugins/error-handler.js';
 import keyStorePlugin from '../plugins/keystore.js';
 import rawJson from '../plugins/raw-json.js';
 import ready from '../plugins/ready.js';
+import { RequestLogController, refusalLogPlugin } from '../plugins/request-log.js';
+import requestGuard, { clientErrorHandler } from '../plugins/request-guard.js';
 import { runtimeMetrics } from '../plugins/runtime-metrics.js';
 import shutdown from '../plugins/shutdown.js';
 import type { Config, TlsConfig } from './config.js';
@@ -106,6 +109,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   const { config } = options;
   const clock = options.clock ?? Date.now;
   const https = httpsOptions(config.tls);
+  let built: FastifyInstance | undefined;
   const app = Fastify({
     logger: loggerOptions(config, options.logStream),
     ...(https && { https }),
@@ -116,14 +120,28 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     // an audit entry; Fastify's own 503 would answer first, bare and unlogged.
     return503OnClosing: false,
     frameworkErrors,
+    // One line per request, at completion; refusals beyond the sampling budget log nothing.
+    logController: new RequestLogController(),
+    // Node's own parser refusals get the contract body, the error-code header and an audit entry.
+    clientErrorHandler: clientErrorHandler(() => built),
   }) as unknown as FastifyInstance;
+  built = app;
+  if (config.server.trustProxy === true) {
+    app.log.warn(
+      'TRUST_PROXY=true believes every X-Forwarded-For hop: any client can choose the address it is logged and ' +
+        'failure-limited under. List the proxy addresses instead (TRUST_PROXY=10.0.0.5,10.0.0.6 or a CIDR)',
+    );
+  }
 
   await app.register(sensible);
   await app.register(shutdown);
   await app.register(errorHandler);
+  await app.register(requestGuard);
   await app.register(rawJson);
   await app.register(dbPlugin, options.db ? { db: options.db } : { config: config.database });
   await app.register(auditPlugin, { ...config.audit, clock });
+  await app.register(refusalLogPlugin, { ...config.refusalSampling, clock });
+  await app.register(adminFailureLimit, { ...config.adminFailures, clock });
   await app.register(
     keyStorePlugin,
     options.keyStore
@@ -157,7 +175,10 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     clock,
     onSealedKeyRejected: (id, err) =>
       app.log.error({ hawkId: id, err }, 'stored Hawk key does not open with this token (wrong token or altered row)'),
+    onMarkFailed: (_id, err) => degraded('could not record that a Hawk credential signs query strings', err),
   });
+  // Requests authenticated by a path-only MAC, per credential (only ids whose MAC verified).
+  const pathOnlyMac = new Map<string, number>();
   const keypairs = new KeypairRepository(db);
   const generator = new KeyGenerator({ db, keyStore, bits: LKM_MODULUS_BITS, clock });
   const keyPool = new KeyPool({ db, keyStore, generator, size: config.keyPool.size, log: app.log });
@@ -210,10 +231,17 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     adminToken: config.adminToken,
     publicUrl: config.server.publicUrl,
     hawkFailures: config.hawkFailures,
+    acceptPathOnlyMac: config.hawkAcceptPathOnlyMac,
+    onPathOnlyMac: (id: string) => pathOnlyMac.set(id, (pathOnlyMac.get(id) ?? 0) + 1),
     clock,
   });
   await app.register(keyAdminRoutes, { prefix: '/admin/v1', lifecycle, adminToken: config.adminToken, clock });
-  await app.register(runtimeMetrics, { prefix: '/admin/v1', adminToken: config.adminToken, keyStore });
+  await app.register(runtimeMetrics, {
+    prefix: '/admin/v1',
+    adminToken: config.adminToken,
+    keyStore,
+    pathOnlyMac: () => Object.fromEntries(pathOnlyMac),
+  });
   // Readiness beside /health: public, outside the Hawk and request-log scopes.
   await app.register(ready, { prefix: '/key-management/v1', db, keyStore });
 

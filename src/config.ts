@@ -41,6 +41,11 @@ export const envSchema = z.object({
   AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36500).default(0),
   HAWK_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(20),
   HAWK_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
+  HAWK_ACCEPT_PATH_ONLY_MAC: z.enum(['true', 'false'], { error: 'must be true or false' }).default('true'),
+  ADMIN_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(10),
+  ADMIN_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
+  AUDIT_REFUSALS_PER_ADDRESS: z.coerce.number().int().min(1).max(1000000).default(10),
+  AUDIT_REFUSALS_PER_MINUTE: z.coerce.number().int().min(1).max(10000000).default(1000),
 });
 
 export type Env = z.infer<typeof envSchema>;
@@ -77,8 +82,20 @@ export interface Config {
     /** Entries older than this are removed, leaving a chain anchor; 0 keeps everything. */
     retentionDays: number;
   };
+  /**
+   * Refusals before authentication written in full per client address and in all, per minute;
+   * the rest are counted in one `auth.refusals` entry per minute.
+   */
+  refusalSampling: { perAddress: number; perWindow: number };
   /** Failed Hawk authentications allowed per client address and per id within the window. */
   hawkFailures: { limit: number; windowSec: number };
+  /**
+   * Accept a Hawk MAC over the path without its query string (the example service's way), except
+   * from a credential that has ever signed a query.
+   */
+  hawkAcceptPathOnlyMac: boolean;
+  /** Wrong admin bearer tokens allowed per client address within the window. */
+  adminFailures: { limit: number; windowSec: number };
 }
 
 /** Every problem found in the configuration, one line each. */
@@ -213,6 +230,9 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       retentionDays: e.AUDIT_RETENTION_DAYS,
     },
     hawkFailures: { limit: e.HAWK_FAILURE_LIMIT, windowSec: e.HAWK_FAILURE_WINDOW_SEC },
+    refusalSampling: { perAddress: e.AUDIT_REFUSALS_PER_ADDRESS, perWindow: e.AUDIT_REFUSALS_PER_MINUTE },
+    hawkAcceptPathOnlyMac: e.HAWK_ACCEPT_PATH_ONLY_MAC === 'true',
+    adminFailures: { limit: e.ADMIN_FAILURE_LIMIT, windowSec: e.ADMIN_FAILURE_WINDOW_SEC },
   };
   return deepFreeze(config);
 }

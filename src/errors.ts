@@ -11,6 +11,8 @@ export const catalogue = {
   HAWK_ERR_TOO_MANY_FAILURES: { status: 429, message: 'Too many failed authentication attempts; retry later' },
 
   ADMIN_ERR_UNAUTHORIZED: { status: 401, message: 'A valid admin bearer token is required' },
+  // Too many wrong admin tokens from this address: see plugins/admin-auth.ts.
+  ADMIN_ERR_TOO_MANY_FAILURES: { status: 429, message: 'Too many failed authentication attempts; retry later' },
   ADMIN_ERR_DISABLED: {
     status: 403,
     message:
@@ -50,6 +52,13 @@ export const catalogue = {
   REQ_ERR_BODY_TOO_LARGE: { status: 413, message: 'Request body is too large' },
   REQ_ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, message: 'Content-Type must be application/json' },
   REQ_ERR_BAD_REQUEST: { status: 400, message: 'Bad request' },
+  // Two Authorization or two Host headers: a proxy keeping the other one would disagree with us.
+  REQ_ERR_AMBIGUOUS_REQUEST: { status: 400, message: 'Request has more than one Authorization or Host header' },
+  // Node's HTTP parser refused the request head (plugins/request-guard.ts answers for it).
+  REQ_ERR_HEADERS_TOO_LARGE: { status: 431, message: 'Request headers are too large' },
+  REQ_ERR_TIMEOUT: { status: 408, message: 'Request timed out' },
+  // TRUST_PROXY is set and the forwarded client address is not an IP address.
+  REQ_ERR_BAD_CLIENT_ADDRESS: { status: 400, message: 'X-Forwarded-For does not name a client IP address' },
 
   HSM_ERR_UNAVAILABLE: { status: 503, message: 'The key store is temporarily unavailable' },
   DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },

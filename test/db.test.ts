@@ -138,7 +138,7 @@ function suite(t: Test, b: Backend): void {
 
     const row = await creds.find('cred-alpha');
     if (!row) throw new Error('credential not found');
-    t.same(Object.keys(row).sort(), ['algorithm', 'createdAt', 'id', 'revokedAt', 'sealedKey']);
+    t.same(Object.keys(row).sort(), ['algorithm', 'createdAt', 'id', 'revokedAt', 'sealedKey', 'signsQuery']);
     t.equal(row.id, 'cred-alpha');
     t.ok(Buffer.isBuffer(row.sealedKey), 'sealedKey is a Buffer');
     t.equal(row.sealedKey.length, sealed.length);

@@ -558,10 +558,13 @@ t.test('payload hash: checked when signed, optional when not', async (t) => {
 t.test('MAC over path+query and over the path alone are both accepted; over another query is not', async (t) => {
   const kp = await theKeypair();
   const target = url('/decrypt?decryptType=pkcs1');
-  for (const signWithoutQuery of [false, true]) {
+  // Path-only MACs come from a credential that never signed a query (one that has is refused them:
+  // see test/edge-abuse.test.ts).
+  const pathOnly = await h.register();
+  for (const [signWithoutQuery, who] of [[false, credential], [true, pathOnly]] as const) {
     const message = randomBytes(32);
     const json = { keypairId: kp.id, body: await ciphertext(constants.RSA_PKCS1_PADDING, message) };
-    const res = await hawkFetch({ method: 'POST', url: target, credential, json, signWithoutQuery });
+    const res = await hawkFetch({ method: 'POST', url: target, credential: who, json, signWithoutQuery });
     t.equal(res.status, 200, `signWithoutQuery=${signWithoutQuery}: ${res.text}`);
     t.same(res.json, { body: message.toString('base64') });
   }
@@ -569,9 +572,11 @@ t.test('MAC over path+query and over the path alone are both accepted; over anot
   const other = await hawkFetch({ method: 'POST', url: target, credential, json, signUrl: url('/decrypt?decryptType=oaep') });
   expectUnauthorized(t, other, 'MAC over a different query');
 
-  const log = await hawkFetch({ method: 'GET', url: url('/request-log?maxEntries=5'), credential, signWithoutQuery: true });
+  const log = await hawkFetch({ method: 'GET', url: url('/request-log?maxEntries=5'), credential: pathOnly, signWithoutQuery: true });
   t.equal(log.status, 200, log.text);
   t.equal((log.json as unknown[]).length, 5, 'the unsigned query still applies');
+  const signer = await hawkFetch({ method: 'GET', url: url('/request-log?maxEntries=5'), credential, signWithoutQuery: true });
+  expectUnauthorized(t, signer, 'a path-only MAC from the credential that signed its query before');
 });
 
 t.test('with PUBLIC_URL, the public host and port are the ones signed', async (t) => {

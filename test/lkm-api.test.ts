@@ -161,7 +161,9 @@ t.test('request log: reference shape, newest first, filters, and DELETE', async 
   t.same(Object.keys(e).sort(), ['id', 'requestMethod', 'requestUri', 'timestamp', 'timestampString', 'userId']);
   t.equal(e.userId, 'user-a');
   t.equal(entries[0]?.userId, 'NO-USER-ID');
-  t.type(e.id, 'number');
+  // The reference service's documented example shows a UUID string here (issue 9, item 7).
+  t.match(e.id, /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/, 'id is a UUID string');
+  t.equal(new Set(entries.map((x) => x.id)).size, entries.length, 'ids are distinct');
   const ts = e.timestamp as number[];
   t.equal(ts.length, 7);
   t.match(e.timestampString as string, /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}$/);

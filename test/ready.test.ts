@@ -29,13 +29,18 @@ t.test('all dependencies up: 200 ready, every check ok; /health is still the pla
   t.equal(await logRows(), before, 'probes are not request-logged');
 });
 
+// One round of checks answers every caller for 1 s (plugins/ready.ts): wait it out after a change.
+const pastCache = () => new Promise((resolve) => setTimeout(resolve, 1100));
+
 t.test('database cut: 503 naming the database; back: ready again', async (t) => {
   await relay.cut();
+  await pastCache();
   const res = await fetch(`${h.base}/ready`);
   t.equal(res.status, 503);
   t.equal(res.headers.get('retry-after'), '5');
   t.same(await res.json(), { status: 'unavailable', checks: { database: 'failed', token: 'ok', canary: 'ok' } });
   await relay.start();
+  await pastCache();
   const back = await fetch(`${h.base}/ready`);
   t.equal(back.status, 200, 'ready again without a restart');
   t.same(await back.json(), { status: 'ready', checks: { database: 'ok', token: 'ok', canary: 'ok' } });

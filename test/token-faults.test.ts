@@ -188,6 +188,7 @@ t.test('library finalised (every call fails): 503 with backoff, then re-initiali
   p.C_Initialize({ flags: pkcs11js.CKF_OS_LOCKING_OK });
   const took = await recovered(t, 20);
   t.ok(took < 8_000, `recovered within ${took} ms (backoff is capped at 5 s)`);
+  await sleep(1100); // /ready answers from one round of checks for 1 s
   const again = await fetch(`${h.base}/ready`);
   t.equal(again.status, 200, '/ready is ready again');
 });

@@ -9,6 +9,8 @@ export interface CredentialRow {
   algorithm: HawkAlgorithm;
   createdAt: Date;
   revokedAt: Date | null;
+  /** Has authenticated a request with its query string signed (see migration 010). */
+  signsQuery: boolean;
 }
 
 interface Raw {
@@ -17,6 +19,7 @@ interface Raw {
   algorithm: HawkAlgorithm;
   created_at: Date;
   revoked_at: Date | null;
+  signs_query?: boolean;
 }
 
 export class CredentialRepository {
@@ -42,7 +45,7 @@ export class CredentialRepository {
   }
 
   /** Every credential without its key, oldest first. */
-  async list(): Promise<Omit<CredentialRow, 'sealedKey'>[]> {
+  async list(): Promise<Omit<CredentialRow, 'sealedKey' | 'signsQuery'>[]> {
     const { rows } = await this.#db.query<Omit<Raw, 'sealed_key'>>(
       'SELECT id, algorithm, created_at, revoked_at FROM hawk_credential ORDER BY created_at, id',
     );
@@ -65,9 +68,14 @@ export class CredentialRepository {
     return rowCount > 0;
   }
 
+  /** Record that `id` signs its query strings (idempotent). */
+  async markSignsQuery(id: string): Promise<void> {
+    await this.#db.query('UPDATE hawk_credential SET signs_query = true WHERE id = $1 AND NOT signs_query', [id]);
+  }
+
   async find(id: string): Promise<CredentialRow | undefined> {
     const { rows } = await this.#db.query<Raw>(
-      'SELECT id, sealed_key, algorithm, created_at, revoked_at FROM hawk_credential WHERE id = $1',
+      'SELECT id, sealed_key, algorithm, created_at, revoked_at, signs_query FROM hawk_credential WHERE id = $1',
       [id],
     );
     const row = rows[0];
@@ -78,6 +86,7 @@ export class CredentialRepository {
       algorithm: row.algorithm,
       createdAt: row.created_at,
       revokedAt: row.revoked_at,
+      signsQuery: row.signs_query === true,
     };
   }
 }

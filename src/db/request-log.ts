@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { appendRecords } from '../audit/store.js';
 import { toNumber, type Database, type Queryable } from './database.js';
 
@@ -16,6 +16,7 @@ export interface RequestLogEntry {
 }
 
 export interface LoggedRequest {
+  /** The row id; GET /request-log shows it as requestLogUuid(id). */
   id: number;
   userId: string;
   requestUri: string;
@@ -35,6 +36,22 @@ interface Raw {
   request_uri: string;
   request_method: string;
   logged_at: Date;
+}
+
+/** Namespace of the name-based UUIDs of request-log entries (RFC 9562 §5.5). */
+const REQUEST_LOG_NAMESPACE = Buffer.from('a09ca54e0e87410bae8521ec4878d809', 'hex');
+
+/**
+ * The UUID shown for request-log row `id`: version 5 (SHA-1, RFC 9562 §5.5) over a fixed
+ * namespace and the decimal row id. Deterministic, so an entry keeps its id across calls and
+ * instances, and nothing is stored: the hashed audit rows stay as they are.
+ */
+export function requestLogUuid(id: number): string {
+  const b = createHash('sha1').update(REQUEST_LOG_NAMESPACE).update(String(id), 'utf8').digest().subarray(0, 16);
+  b[6] = (b[6]! & 0x0f) | 0x50;
+  b[8] = (b[8]! & 0x3f) | 0x80;
+  const h = b.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
 export class RequestLogRepository {

@@ -15,6 +15,8 @@ export interface HawkCredentialValue {
   id: string;
   key: string;
   algorithm: HawkAlgorithm;
+  /** Has signed a query string before: its path-only MACs are refused (see plugins/hawk-auth). */
+  signsQuery: boolean;
 }
 
 export interface CredentialServiceOptions {
@@ -30,6 +32,8 @@ export interface CredentialServiceOptions {
   onServedStale?: (id: string, err: DatabaseUnavailableError) => void;
   /** Told when a stored key does not open under this token (wrong token, or tampered row). */
   onSealedKeyRejected?: (id: string, err: HsmError) => void;
+  /** Told when recording that a credential signs queries failed (it is retried on its next such request). */
+  onMarkFailed?: (id: string, err: unknown) => void;
 }
 
 /** Printable ASCII without space, quote or backslash: what a Hawk header attribute can carry. */
@@ -50,6 +54,9 @@ export class CredentialService {
   readonly #ttl: number;
   readonly #onRejected: CredentialServiceOptions['onSealedKeyRejected'];
   readonly #onServedStale: CredentialServiceOptions['onServedStale'];
+  readonly #onMarkFailed: CredentialServiceOptions['onMarkFailed'];
+  /** Ids whose signs_query flag is being written (one UPDATE at a time per id). */
+  readonly #marking = new Set<string>();
   /** Expired entries are kept: they are the last known good answer while the database is unavailable. */
   readonly #cache = new Map<string, { value: HawkCredentialValue | undefined; expires: number }>();
 
@@ -60,6 +67,23 @@ export class CredentialService {
     this.#ttl = options.cacheTtlMs ?? 2_000;
     this.#onRejected = options.onSealedKeyRejected;
     this.#onServedStale = options.onServedStale;
+    this.#onMarkFailed = options.onMarkFailed;
+  }
+
+  /**
+   * `id` authenticated a request with its query string signed: from now on its path-only MACs
+   * are refused. Takes effect here at once (the cached value), durably once the row is updated,
+   * and at other instances when their cache entry expires.
+   */
+  markSignsQuery(id: string): void {
+    const cached = this.#cache.get(id);
+    if (cached?.value) cached.value = { ...cached.value, signsQuery: true };
+    if (this.#marking.has(id)) return;
+    this.#marking.add(id);
+    this.#repo
+      .markSignsQuery(id)
+      .catch((err) => this.#onMarkFailed?.(id, err))
+      .finally(() => this.#marking.delete(id));
   }
 
   async register(id: unknown): Promise<RegisteredCredential> {
@@ -126,7 +150,7 @@ export class CredentialService {
     if (!row || row.revokedAt !== null) return undefined;
     try {
       const key = await this.#keyStore.openSecret(row.sealedKey, sealContext(id));
-      return { id, key: key.toString('utf8'), algorithm: row.algorithm };
+      return { id, key: key.toString('utf8'), algorithm: row.algorithm, signsQuery: row.signsQuery };
     } catch (err) {
       if (err instanceof HsmError && err.code === 'HSM_ERR_SECRET_INVALID') {
         this.#onRejected?.(id, err);

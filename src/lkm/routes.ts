@@ -4,7 +4,7 @@ import adminAuth from '../../plugins/admin-auth.js';
 import hawkAuth, { type HawkCredentialLookup, type HawkNonceStore } from '../../plugins/hawk-auth.js';
 import hawkFailureLimit, { type HawkFailureLimitSettings } from '../../plugins/hawk-failure-limit.js';
 import requestLog from '../../plugins/request-log.js';
-import type { LoggedRequest, RequestLogRepository } from '../db/request-log.js';
+import { requestLogUuid, type LoggedRequest, type RequestLogRepository } from '../db/request-log.js';
 import { AppError } from '../errors.js';
 import type { Secret } from '../secret.js';
 import type { CredentialService } from './credentials.js';
@@ -21,6 +21,10 @@ export interface LkmRoutesOptions {
   clock: () => number;
   /** Failed Hawk authentications allowed per address and per id (429 beyond). */
   hawkFailures: HawkFailureLimitSettings;
+  /** HAWK_ACCEPT_PATH_ONLY_MAC: accept MACs over the path without the query string. */
+  acceptPathOnlyMac: boolean;
+  /** Counts requests authenticated by a path-only MAC (runtime figures). */
+  onPathOnlyMac: (id: string) => void;
 }
 
 /** The fixed answer of OPTIONS /decrypt (Genesys Cloud checks the decrypt URL with it). */
@@ -61,12 +65,15 @@ function parseMaxEntries(value: unknown): number {
 
 const pad = (n: number, width = 2) => String(n).padStart(width, '0');
 
-/** The reference shape: `timestamp` as Java's LocalDateTime array, and its string (UTC). */
+/**
+ * The reference shape: `id` a UUID string (derived from the row id), `timestamp` as Java's
+ * LocalDateTime array, and its string (UTC).
+ */
 export function requestLogView(entry: LoggedRequest) {
   const t = entry.loggedAt;
   const ms = t.getUTCMilliseconds();
   return {
-    id: entry.id,
+    id: requestLogUuid(entry.id),
     userId: entry.userId,
     requestUri: entry.requestUri,
     requestMethod: entry.requestMethod,
@@ -115,13 +122,16 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
     });
 
     logged.register(async (hawk) => {
-      // Before hawk-auth: a limited caller is refused before any MAC, database or token work.
+      // Before hawk-auth: a limited address is refused before any MAC, database or token work.
       await hawk.register(hawkFailureLimit, { ...opts.hawkFailures, clock: opts.clock });
       await hawk.register(hawkAuth, {
         credentials: opts.hawkCredentials,
         nonces: opts.nonces,
         clock: opts.clock,
         publicUrl: opts.publicUrl,
+        acceptPathOnlyMac: opts.acceptPathOnlyMac,
+        onPathOnlyMac: opts.onPathOnlyMac,
+        onSignedQuery: (id) => opts.credentials.markSignsQuery(id),
       });
 
       hawk.post('/keypair', async (request) => {

@@ -82,6 +82,10 @@ export async function startHarness(t: TestLike, options: HarnessOptions = {}): P
     KEY_POOL_SIZE: '0',
     // Tests send many deliberate Hawk failures from 127.0.0.1; test/hawk-failure-limit.test.ts sets its own.
     HAWK_FAILURE_LIMIT: '100000',
+    ADMIN_FAILURE_LIMIT: '100000',
+    // ... and expect each refusal in the request log; test/edge-abuse.test.ts tests the sampling.
+    AUDIT_REFUSALS_PER_ADDRESS: '1000000',
+    AUDIT_REFUSALS_PER_MINUTE: '10000000',
     ...options.env,
   });
   const logs: string[] = [];
