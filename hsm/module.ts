@@ -32,6 +32,8 @@ export interface LoadedModule {
    * another holder shares it.
    */
   reinitialize(): boolean;
+  /** Whether `reinitialize` may run now: this is the library's only holder in the process. */
+  readonly sole: boolean;
 }
 
 interface Entry {
@@ -100,6 +102,9 @@ export function loadModule(path: string, libraryParameters?: string): LoadedModu
       } finally {
         held.pkcs11.close();
       }
+    },
+    get sole() {
+      return !released && held.refs === 1;
     },
     reinitialize() {
       if (released || held.refs !== 1) return false;

@@ -149,7 +149,7 @@ export class Pkcs11KeyStore implements KeyStore {
   readonly #refreshOnMiss: boolean;
   /** Library initialisations so far (1 after open); bumped by every refresh. */
   #epoch = 1;
-  #refreshing: Promise<void> | undefined;
+  #refreshing: Promise<boolean> | undefined;
   #lastRefreshAt = Number.NEGATIVE_INFINITY;
   #refreshes = 0;
   #refreshMs = 0;
@@ -291,7 +291,11 @@ export class Pkcs11KeyStore implements KeyStore {
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
         { type: pkcs11js.CKA_ID, value: objectId },
       ]);
-      if (handles.length === 0) return undefined;
+      if (handles.length === 0) {
+        // Private keys are invisible to a session that lost its login: that is no miss.
+        this.#assertLoggedIn(s);
+        return undefined;
+      }
       if (handles.length > 1) {
         throw new HsmError('HSM_ERR_KEY_AMBIGUOUS', `${handles.length} private keys carry the id of keypair ${keyId}`);
       }
@@ -308,7 +312,10 @@ export class Pkcs11KeyStore implements KeyStore {
       // began after the search; the refresh re-indexes every key, which also answers the
       // misses that wait for it.
       const seenAt = this.#epoch;
-      while (this.#epoch === seenAt) await this.#refresh();
+      // Without a refresh (the library is shared in this process) the search has the last word.
+      while (this.#epoch === seenAt && (await this.#refresh())) {
+        // A refresh that had begun before the search does not count: wait for the next one.
+      }
       entry = this.#keys.get(keyId) ?? (await search());
     }
     if (entry === undefined) throw new HsmError('HSM_ERR_KEY_NOT_FOUND', `no key for keypair ${keyId} in the token`);
@@ -320,10 +327,12 @@ export class Pkcs11KeyStore implements KeyStore {
    * Re-initialise the library so it reads the token afresh, at most once per
    * REFRESH_INTERVAL_MS; concurrent callers share one refresh. Runs only while no operation is
    * in flight (SessionPool.exclusive): finalising under a running C_Decrypt crashes the process.
-   * Fails with HSM_ERR_UNAVAILABLE when the operations in flight do not finish in time, or when
-   * another holder in this process shares the library (it cannot be re-initialised under them).
+   * Fails with HSM_ERR_UNAVAILABLE when the operations in flight do not finish in time; resolves
+   * false when another holder in this process shares the library (it cannot be re-initialised
+   * under them; a search is then final).
    */
-  #refresh(): Promise<void> {
+  #refresh(): Promise<boolean> {
+    if (!this.#module.sole) return Promise.resolve(false);
     this.#refreshing ??= (async () => {
       const wait = this.#lastRefreshAt + REFRESH_INTERVAL_MS - Date.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
@@ -356,11 +365,11 @@ export class Pkcs11KeyStore implements KeyStore {
         this.#lastRefreshAt = Date.now();
       }
       if (!ran) throw new HsmError('HSM_ERR_UNAVAILABLE', 'token busy: could not refresh its object list');
-      if (shared) {
-        throw new HsmError('HSM_ERR_UNAVAILABLE', 'the PKCS#11 library is shared in this process: cannot refresh its object list');
-      }
+      // Another store opened meanwhile: no refresh after all.
+      if (shared) return false;
       this.#refreshes += 1;
       this.#refreshMs = performance.now() - started;
+      return true;
     })().finally(() => {
       this.#refreshing = undefined;
     });
@@ -608,13 +617,15 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async checkLogin(): Promise<void> {
-    await this.#run('HSM_ERR_UNAVAILABLE', 'token check failed', (s) => {
-      const { state } = this.#p.C_GetSessionInfo(s);
-      if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
-        // Thrown inside the pool: this session is replaced (and logged in again) on the way out.
-        throw new HsmError('HSM_ERR_UNAVAILABLE', 'the token session is not logged in', { ckr: 'CKR_USER_NOT_LOGGED_IN' });
-      }
-    });
+    await this.#run('HSM_ERR_UNAVAILABLE', 'token check failed', (s) => this.#assertLoggedIn(s));
+  }
+
+  #assertLoggedIn(session: Handle): void {
+    const { state } = this.#p.C_GetSessionInfo(session);
+    if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
+      // Thrown inside the pool: this session is replaced (and logged in again) on the way out.
+      throw new HsmError('HSM_ERR_UNAVAILABLE', 'the token session is not logged in', { ckr: 'CKR_USER_NOT_LOGGED_IN' });
+    }
   }
 
   async checkCustody(): Promise<CustodyCheck> {

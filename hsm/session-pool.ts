@@ -131,7 +131,7 @@ export class SessionPool<S> {
    * Run `fn` while no session is in use and none is open: new `use` calls wait (within their
    * acquire timeout), the running ones finish, every session is closed, then `fn` runs (e.g.
    * re-initialising the library, which must not happen under a running operation) and the pool
-   * reopens sessions on demand. Resolves false, without running `fn`, when the sessions in use
+   * opens its sessions again. Resolves false, without running `fn`, when the sessions in use
    * did not all come back within `drainTimeoutMs`.
    */
   async exclusive(fn: () => void, drainTimeoutMs: number): Promise<boolean> {
@@ -157,6 +157,11 @@ export class SessionPool<S> {
         this.#open -= 1;
       }
       fn();
+      try {
+        this.fill();
+      } catch {
+        // Reopened on demand instead (through the backoff gate).
+      }
       return true;
     } finally {
       this.#pausing = false;
