@@ -113,8 +113,9 @@ export class SessionPool<S> {
    * session, the session is replaced before anyone else can get it; the error is rethrown.
    */
   async use<T>(fn: (session: S) => Promise<T> | T): Promise<T> {
+    // Counted in use from the moment it is handed out (in #acquire / #handOver), so `exclusive`
+    // never closes a session that a caller is about to use.
     const session = await this.#acquire();
-    this.#inUse += 1;
     let result: T;
     try {
       result = await fn(session);
@@ -166,7 +167,7 @@ export class SessionPool<S> {
     } finally {
       this.#pausing = false;
       // Waiters queued during the pause get sessions from a fresh start (opened one by one).
-      for (let n = this.#waiters.length; n > 0 && this.#open < this.#size; n -= 1) this.#wakeWaiter();
+      for (let n = this.#waiters.length; n > 0 && (this.#idle.length > 0 || this.#open < this.#size); n -= 1) this.#wakeWaiter();
     }
   }
 
@@ -233,10 +234,15 @@ export class SessionPool<S> {
     if (this.#closed) return Promise.reject(new HsmError('HSM_ERR_UNAVAILABLE', 'key store is closed'));
     if (this.#pausing) return this.#wait();
     const idle = this.#idle.pop();
-    if (idle !== undefined) return Promise.resolve(idle);
+    if (idle !== undefined) {
+      this.#inUse += 1;
+      return Promise.resolve(idle);
+    }
     if (this.#open < this.#size) {
       try {
-        return Promise.resolve(this.#openOne());
+        const session = this.#openOne();
+        this.#inUse += 1;
+        return Promise.resolve(session);
       } catch (err) {
         return Promise.reject(err);
       }
@@ -278,8 +284,10 @@ export class SessionPool<S> {
       return;
     }
     const waiter = this.#pausing ? undefined : this.#nextWaiter();
-    if (waiter) waiter.resolve(session);
-    else this.#idle.push(session);
+    if (waiter) {
+      this.#inUse += 1;
+      waiter.resolve(session);
+    } else this.#idle.push(session);
   }
 
   /** A session is gone for good: let waiters open their own, one at a time until one succeeds. */
