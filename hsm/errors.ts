@@ -14,6 +14,8 @@ export type HsmErrorCode =
   | 'HSM_ERR_LOGIN'
   /** The token cannot serve right now (session, device or login lost). */
   | 'HSM_ERR_UNAVAILABLE'
+  /** Every session stayed busy for the whole acquire timeout: the token is overloaded, not broken. */
+  | 'HSM_ERR_BUSY'
   /** No key object with the requested id. */
   | 'HSM_ERR_KEY_NOT_FOUND'
   /** Several key objects share one id: the store refuses to guess. */
@@ -92,6 +94,34 @@ const unavailable = new Set<number>([
   pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED,
   pkcs11js.CKR_HOST_MEMORY,
 ]);
+
+/**
+ * Return values after which the session itself cannot be trusted: it is gone, the device or the
+ * library is, or an operation may still be active on it. Every other return value ends the
+ * operation and leaves the session usable (PKCS#11 v2.40 §5.2: a call to C_Decrypt always
+ * terminates the active decryption operation unless it returns CKR_BUFFER_TOO_SMALL), so a
+ * refused ciphertext does not cost a session.
+ */
+const sessionBroken = new Set<number>([
+  ...unavailable,
+  pkcs11js.CKR_OPERATION_ACTIVE,
+  pkcs11js.CKR_BUFFER_TOO_SMALL,
+]);
+
+/**
+ * Whether a session that saw `err` must be closed and replaced. A PKCS#11 refusal (or an
+ * HsmError wrapping one) is judged by its return value; an HsmError with no PKCS#11 cause was
+ * raised by strongroom before or after the token call and leaves the session as it was; any
+ * other error (a native binding's type check, a bug) may have left an operation active.
+ */
+export function breaksSession(err: unknown): boolean {
+  const cause = err instanceof HsmError ? err.cause : err;
+  if (err instanceof HsmError && cause === undefined) return err.code === 'HSM_ERR_UNAVAILABLE';
+  if (cause instanceof HsmError) return breaksSession(cause);
+  const code = ckrOf(cause);
+  if (code === undefined) return true;
+  return sessionBroken.has(code);
+}
 
 /** Object handles that stopped being valid (object destroyed, token re-opened). */
 export function isStaleHandle(err: unknown): boolean {

@@ -53,7 +53,11 @@ export interface KeyStore {
    */
   importRsaKeyPair(keyId: string, key: RsaPrivateKeyComponents): Promise<RsaPublicKey>;
 
-  /** The public half of `keyId`, or undefined when the token holds no such key. */
+  /**
+   * The public half of `keyId`, or undefined when the token holds no such key. A miss is
+   * confirmed the same way as for a decrypt (a refresh where the module needs one), so undefined
+   * means absent, never "not visible here yet".
+   */
   getRsaPublicKey(keyId: string): Promise<RsaPublicKey | undefined>;
 
   /** Modulus length of `keyId` in bytes: the only valid ciphertext length for it. */
@@ -113,4 +117,10 @@ export interface KeyStoreStats {
   sessionsReplaced: number;
   /** Sessions currently open. */
   sessionsOpen: number;
+  /** Operations refused because no session became free within the acquire timeout (HSM_ERR_BUSY). */
+  sessionWaitTimeouts: number;
+  /** Library re-initialisations that confirmed a missed key (SoftHSM's file store; 0 elsewhere). */
+  tokenRefreshes: number;
+  /** Duration of the last refresh, drain included, in ms (0 before the first). */
+  lastTokenRefreshMs: number;
 }

@@ -24,11 +24,30 @@ export interface LoadedModule {
   readonly path: string;
   /** Drop this holder's reference; the last one finalises the library. */
   release(): void;
+  /**
+   * C_Finalize then C_Initialize, so the library reads its token state afresh (SoftHSM's file
+   * store re-reads every object). Every session and object handle of the old state is invalid
+   * afterwards. Only the sole holder may do it, and only with no operation running (finalising
+   * under a running operation crashed the process): false, without touching the library, when
+   * another holder shares it.
+   */
+  reinitialize(): boolean;
+  /** Whether `reinitialize` may run now: this is the library's only holder in the process. */
+  readonly sole: boolean;
 }
 
 interface Entry {
   pkcs11: P11.PKCS11;
   refs: number;
+  libraryParameters: string | undefined;
+}
+
+function initialize(pkcs11: P11.PKCS11, libraryParameters: string | undefined): void {
+  pkcs11.C_Initialize(
+    libraryParameters === undefined
+      ? { flags: pkcs11js.CKF_OS_LOCKING_OK }
+      : { flags: pkcs11js.CKF_OS_LOCKING_OK, libraryParameters },
+  );
 }
 
 /*
@@ -52,11 +71,7 @@ export function loadModule(path: string, libraryParameters?: string): LoadedModu
       throw new HsmError('HSM_ERR_MODULE', `cannot load PKCS#11 module ${path}`, { cause: err });
     }
     try {
-      pkcs11.C_Initialize(
-        libraryParameters === undefined
-          ? { flags: pkcs11js.CKF_OS_LOCKING_OK }
-          : { flags: pkcs11js.CKF_OS_LOCKING_OK, libraryParameters },
-      );
+      initialize(pkcs11, libraryParameters);
     } catch (err) {
       const code = ckrOf(err);
       if (code !== pkcs11js.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
@@ -67,7 +82,7 @@ export function loadModule(path: string, libraryParameters?: string): LoadedModu
         });
       }
     }
-    entry = { pkcs11, refs: 0 };
+    entry = { pkcs11, refs: 0, libraryParameters };
     loaded.set(path, entry);
   }
   entry.refs += 1;
@@ -87,6 +102,28 @@ export function loadModule(path: string, libraryParameters?: string): LoadedModu
       } finally {
         held.pkcs11.close();
       }
+    },
+    get sole() {
+      return !released && held.refs === 1;
+    },
+    reinitialize() {
+      if (released || held.refs !== 1) return false;
+      try {
+        held.pkcs11.C_Finalize();
+      } catch (err) {
+        // Left finalised by an earlier refresh whose C_Initialize failed: initialise again.
+        if (ckrOf(err) !== pkcs11js.CKR_CRYPTOKI_NOT_INITIALIZED) throw err;
+      }
+      try {
+        initialize(held.pkcs11, held.libraryParameters);
+      } catch (err) {
+        const code = ckrOf(err);
+        throw new HsmError('HSM_ERR_UNAVAILABLE', 'C_Initialize failed while refreshing the token state', {
+          cause: err,
+          ckr: code === undefined ? undefined : ckrName(code),
+        });
+      }
+      return true;
     },
   };
 }

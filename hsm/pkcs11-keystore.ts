@@ -1,7 +1,7 @@
 import { createPublicKey, publicEncrypt, randomBytes, constants as cryptoConstants, timingSafeEqual } from 'node:crypto';
 import pkcs11js from 'pkcs11js';
 import type * as P11 from 'pkcs11js';
-import { HsmError, ckrName, ckrOf, isStaleHandle, translate, type HsmErrorCode } from './errors.js';
+import { HsmError, breaksSession, ckrName, ckrOf, isStaleHandle, translate, type HsmErrorCode } from './errors.js';
 import type {
   CustodyCheck,
   KeyStore,
@@ -41,6 +41,13 @@ export interface Pkcs11KeyStoreOptions {
   sessions: number;
   /** NSS-style library parameters, for modules that need them (NSS softoken). */
   libraryParameters?: string;
+  /** Longest wait for a free session before an operation fails with HSM_ERR_BUSY (default 5 s). */
+  sessionWaitMs?: number;
+  /**
+   * Re-initialise the library when a key is not found, to confirm the miss (default: only for
+   * SoftHSM, whose file object store can hide another process's new objects; see `#key`).
+   */
+  refreshOnMiss?: boolean;
 }
 
 /** Smallest RSA modulus the store accepts for import (NIST SP 800-131A: 2048). */
@@ -51,6 +58,15 @@ const GCM_IV_BYTES = 12;
 const GCM_TAG_BYTES = 16;
 /** How long close() waits for running operations before giving up on finalising the module. */
 const CLOSE_TIMEOUT_MS = 10_000;
+/** At most one token refresh per this interval; misses meanwhile wait for the next one. */
+const REFRESH_INTERVAL_MS = 1_000;
+/**
+ * How long a refresh waits for running operations (an RSA-3072 generation takes up to ~1 s
+ * here) before it gives up and the miss is answered as "token unavailable".
+ */
+const REFRESH_DRAIN_MS = 2_000;
+/** SoftHSM2's CKA_MANUFACTURER_ID in C_GetTokenInfo. */
+const SOFTHSM_MANUFACTURER = 'SoftHSM project';
 
 // PKCS#11 session states (v2.40 §5.6); pkcs11js does not export CKS_*.
 const CKS_RO_USER_FUNCTIONS = 1;
@@ -59,6 +75,15 @@ const CKS_RW_USER_FUNCTIONS = 3;
 interface KeyEntry {
   privateKey: Handle;
   modulusBytes: number;
+  /** The library initialisation the handle belongs to: handles do not survive a refresh. */
+  epoch: number;
+}
+
+/** A handle from before a refresh reached an operation: look the key up again. */
+class StaleEpochError extends HsmError {
+  constructor() {
+    super('HSM_ERR_INTERNAL', 'key handle from before a token refresh');
+  }
 }
 
 function mechanismFor(padding: RsaPadding): P11.Mechanism {
@@ -114,13 +139,20 @@ export class Pkcs11KeyStore implements KeyStore {
   readonly token: TokenDescription;
   readonly #module: LoadedModule;
   readonly #p: P11.PKCS11;
-  readonly #slot: Handle;
+  #slot: Handle;
   readonly #pin: string;
   readonly #pool: SessionPool<Handle>;
   readonly #keys = new Map<string, KeyEntry>();
-  #secretsKey: Handle | undefined;
+  #secretsKey: { handle: Handle; epoch: number } | undefined;
   #searches = 0;
   #closed = false;
+  readonly #refreshOnMiss: boolean;
+  /** Library initialisations so far (1 after open); bumped by every refresh. */
+  #epoch = 1;
+  #refreshing: Promise<boolean> | undefined;
+  #lastRefreshAt = Number.NEGATIVE_INFINITY;
+  #refreshes = 0;
+  #refreshMs = 0;
 
   constructor(module: LoadedModule, slot: Handle, token: TokenDescription, options: Pkcs11KeyStoreOptions) {
     this.#module = module;
@@ -133,9 +165,12 @@ export class Pkcs11KeyStore implements KeyStore {
         open: () => this.#openSession(),
         close: (s) => this.#closeSession(s),
         isFatal: (err) => translate(err, 'HSM_ERR_INTERNAL', '').code === 'HSM_ERR_UNAVAILABLE',
+        breaks: breaksSession,
       },
       options.sessions,
+      options.sessionWaitMs === undefined ? {} : { acquireTimeoutMs: options.sessionWaitMs },
     );
+    this.#refreshOnMiss = options.refreshOnMiss ?? token.manufacturer === SOFTHSM_MANUFACTURER;
   }
 
   /** Open all sessions now: a wrong PIN or a missing token fails the start, not the first request. */
@@ -170,7 +205,7 @@ export class Pkcs11KeyStore implements KeyStore {
           continue;
         }
         seen.add(keyId);
-        this.#keys.set(keyId, { privateKey, modulusBytes: unsigned(modulus?.value as Buffer).length });
+        this.#keys.set(keyId, { privateKey, modulusBytes: unsigned(modulus?.value as Buffer).length, epoch: this.#epoch });
       }
     } finally {
       // The pool's sessions stay open, so closing this one keeps the login.
@@ -250,23 +285,95 @@ export class Pkcs11KeyStore implements KeyStore {
     } catch {
       throw new HsmError('HSM_ERR_KEY_NOT_FOUND', 'key id is not a UUID');
     }
-    const entry = await this.#run('HSM_ERR_INTERNAL', 'key lookup failed', (s) => {
+    const search = () => this.#run('HSM_ERR_INTERNAL', 'key lookup failed', (s) => {
       const handles = this.#find(s, [
         { type: pkcs11js.CKA_CLASS, value: pkcs11js.CKO_PRIVATE_KEY },
         { type: pkcs11js.CKA_KEY_TYPE, value: pkcs11js.CKK_RSA },
         { type: pkcs11js.CKA_ID, value: objectId },
       ]);
-      if (handles.length === 0) return undefined;
+      if (handles.length === 0) {
+        // Private keys are invisible to a session that lost its login: that is no miss.
+        this.#assertLoggedIn(s);
+        return undefined;
+      }
       if (handles.length > 1) {
         throw new HsmError('HSM_ERR_KEY_AMBIGUOUS', `${handles.length} private keys carry the id of keypair ${keyId}`);
       }
       const privateKey = handles[0] as Handle;
       const [modulus] = this.#p.C_GetAttributeValue(s, privateKey, [{ type: pkcs11js.CKA_MODULUS }]);
-      return { privateKey, modulusBytes: unsigned(modulus?.value as Buffer).length };
+      return { privateKey, modulusBytes: unsigned(modulus?.value as Buffer).length, epoch: this.#epoch };
     });
+    let entry = await search();
+    if (entry === undefined && this.#refreshOnMiss) {
+      // SoftHSM's file store hides objects another process created before this one last wrote
+      // (it adopts the token's generation counter without re-reading the directory), and no
+      // search, fresh session or token-info call shows them: only re-initialising the library
+      // does (measured: found 3–7 ms after it). So a miss is final only after a refresh that
+      // began after the search; the refresh re-indexes every key, which also answers the
+      // misses that wait for it.
+      const seenAt = this.#epoch;
+      // Without a refresh (the library is shared in this process) the search has the last word.
+      while (this.#epoch === seenAt && (await this.#refresh())) {
+        // A refresh that had begun before the search does not count: wait for the next one.
+      }
+      entry = this.#keys.get(keyId) ?? (await search());
+    }
     if (entry === undefined) throw new HsmError('HSM_ERR_KEY_NOT_FOUND', `no key for keypair ${keyId} in the token`);
     this.#keys.set(keyId, entry);
     return entry;
+  }
+
+  /**
+   * Re-initialise the library so it reads the token afresh, at most once per
+   * REFRESH_INTERVAL_MS; concurrent callers share one refresh. Runs only while no operation is
+   * in flight (SessionPool.exclusive): finalising under a running C_Decrypt crashes the process.
+   * Fails with HSM_ERR_UNAVAILABLE when the operations in flight do not finish in time; resolves
+   * false when another holder in this process shares the library (it cannot be re-initialised
+   * under them; a search is then final).
+   */
+  #refresh(): Promise<boolean> {
+    if (!this.#module.sole) return Promise.resolve(false);
+    this.#refreshing ??= (async () => {
+      const wait = this.#lastRefreshAt + REFRESH_INTERVAL_MS - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      if (this.#closed) throw new HsmError('HSM_ERR_UNAVAILABLE', 'key store is closed');
+      const started = performance.now();
+      let shared = false;
+      let ran: boolean;
+      try {
+        ran = await this.#pool.exclusive(() => {
+          const forget = () => {
+            // Every handle of the old initialisation is void (and its numbers may be reused).
+            this.#epoch += 1;
+            this.#keys.clear();
+            this.#secretsKey = undefined;
+          };
+          try {
+            if (!this.#module.reinitialize()) {
+              shared = true;
+              return;
+            }
+          } finally {
+            if (!shared) forget();
+          }
+          this.#slot = findTokenSlot(this.#p, this.token.label);
+          this.#indexKeys();
+        }, REFRESH_DRAIN_MS);
+      } catch (err) {
+        throw translate(err, 'HSM_ERR_UNAVAILABLE', 'token refresh failed');
+      } finally {
+        this.#lastRefreshAt = Date.now();
+      }
+      if (!ran) throw new HsmError('HSM_ERR_UNAVAILABLE', 'token busy: could not refresh its object list');
+      // Another store opened meanwhile: no refresh after all.
+      if (shared) return false;
+      this.#refreshes += 1;
+      this.#refreshMs = performance.now() - started;
+      return true;
+    })().finally(() => {
+      this.#refreshing = undefined;
+    });
+    return this.#refreshing;
   }
 
   /** Use a cached key handle; if the token says it went stale, look it up once more. */
@@ -276,7 +383,7 @@ export class Pkcs11KeyStore implements KeyStore {
       return await fn(key);
     } catch (err) {
       const cause = err instanceof HsmError ? err.cause : err;
-      if (!isStaleHandle(cause)) throw err;
+      if (!(err instanceof StaleEpochError) && !isStaleHandle(cause)) throw err;
       this.#keys.delete(keyId);
       return fn(await this.#key(keyId));
     }
@@ -298,6 +405,11 @@ export class Pkcs11KeyStore implements KeyStore {
     });
   }
 
+  /** Throw StaleEpochError when `epoch` is from before a refresh (call with a session held). */
+  #current(epoch: number): void {
+    if (epoch !== this.#epoch) throw new StaleEpochError();
+  }
+
   /** The secrets key; with several (a start-up race elsewhere), the lowest CKA_ID wins everywhere. */
   #findSecretsKey(session: Handle): Handle | undefined {
     const handles = this.#find(session, [
@@ -314,17 +426,20 @@ export class Pkcs11KeyStore implements KeyStore {
     return withIds[0]?.h;
   }
 
-  async #secrets(): Promise<Handle> {
+  async #secrets(): Promise<{ handle: Handle; epoch: number }> {
     if (this.#secretsKey !== undefined) return this.#secretsKey;
-    const handle = await this.#run('HSM_ERR_INTERNAL', 'secrets key lookup failed', (s) => this.#findSecretsKey(s));
-    if (handle === undefined) {
+    const found = await this.#run('HSM_ERR_INTERNAL', 'secrets key lookup failed', (s) => {
+      const handle = this.#findSecretsKey(s);
+      return handle === undefined ? undefined : { handle, epoch: this.#epoch };
+    });
+    if (found === undefined) {
       throw new HsmError(
         'HSM_ERR_KEY_NOT_FOUND',
         `token "${this.token.label}" has no secrets key (start the service once to create it)`,
       );
     }
-    this.#secretsKey = handle;
-    return handle;
+    this.#secretsKey = found;
+    return found;
   }
 
   async generateRsaKeyPair(keyId: string, bits: number): Promise<RsaPublicKey> {
@@ -340,7 +455,7 @@ export class Pkcs11KeyStore implements KeyStore {
         rsaGeneratePrivateTemplate(keyId),
       );
       const pub = this.#readPublic(s, pair.publicKey);
-      return { pub, entry: { privateKey: pair.privateKey, modulusBytes: pub.modulus.length } };
+      return { pub, entry: { privateKey: pair.privateKey, modulusBytes: pub.modulus.length, epoch: this.#epoch } };
     });
     this.#keys.set(keyId, entry);
     return pub;
@@ -358,7 +473,7 @@ export class Pkcs11KeyStore implements KeyStore {
         this.#p.C_DestroyObject(s, privateKey);
         throw err;
       }
-      return { privateKey, modulusBytes: publicKey.modulus.length };
+      return { privateKey, modulusBytes: publicKey.modulus.length, epoch: this.#epoch };
     });
     this.#keys.set(keyId, entry);
     // Prove the token computes with what we stored before anyone relies on it.
@@ -393,7 +508,10 @@ export class Pkcs11KeyStore implements KeyStore {
     try {
       // CKA_MODULUS and CKA_PUBLIC_EXPONENT stay readable on a sensitive private key.
       return await this.#withKey(keyId, (key) =>
-        this.#run('HSM_ERR_INTERNAL', 'cannot read the public key', (s) => this.#readPublic(s, key.privateKey)),
+        this.#run('HSM_ERR_INTERNAL', 'cannot read the public key', (s) => {
+          this.#current(key.epoch);
+          return this.#readPublic(s, key.privateKey);
+        }),
       );
     } catch (err) {
       if (err instanceof HsmError && err.code === 'HSM_ERR_KEY_NOT_FOUND') return undefined;
@@ -413,6 +531,7 @@ export class Pkcs11KeyStore implements KeyStore {
       }
       const mechanism = mechanismFor(padding);
       return this.#run('HSM_ERR_INTERNAL', 'decryption could not start', async (s) => {
+        this.#current(key.epoch);
         this.#p.C_DecryptInit(s, mechanism, key.privateKey);
         try {
           return await this.#p.C_DecryptAsync(s, ciphertext, Buffer.alloc(key.modulusBytes));
@@ -451,13 +570,13 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   /** Use the cached secrets key handle; if the token says it went stale (sessions rebuilt), find it again. */
-  async #withSecrets<T>(fn: (key: Handle) => Promise<T>): Promise<T> {
+  async #withSecrets<T>(fn: (key: { handle: Handle; epoch: number }) => Promise<T>): Promise<T> {
     const key = await this.#secrets();
     try {
       return await fn(key);
     } catch (err) {
       const cause = err instanceof HsmError ? err.cause : err;
-      if (!isStaleHandle(cause)) throw err;
+      if (!(err instanceof StaleEpochError) && !isStaleHandle(cause)) throw err;
       this.#secretsKey = undefined;
       return fn(await this.#secrets());
     }
@@ -468,7 +587,8 @@ export class Pkcs11KeyStore implements KeyStore {
     const iv = randomBytes(GCM_IV_BYTES);
     const ciphertext = await this.#withSecrets((key) =>
       this.#run('HSM_ERR_INTERNAL', 'cannot seal the secret', async (s) => {
-        this.#p.C_EncryptInit(s, gcm(iv, context), key);
+        this.#current(key.epoch);
+        this.#p.C_EncryptInit(s, gcm(iv, context), key.handle);
         return this.#p.C_EncryptAsync(s, plaintext, Buffer.alloc(plaintext.length + GCM_TAG_BYTES));
       }),
     );
@@ -483,7 +603,8 @@ export class Pkcs11KeyStore implements KeyStore {
     const body = sealed.subarray(1 + GCM_IV_BYTES);
     return this.#withSecrets((key) =>
       this.#run('HSM_ERR_INTERNAL', 'cannot open the sealed secret', async (s) => {
-        this.#p.C_DecryptInit(s, gcm(Buffer.from(iv), context), key);
+        this.#current(key.epoch);
+        this.#p.C_DecryptInit(s, gcm(Buffer.from(iv), context), key.handle);
         try {
           return await this.#p.C_DecryptAsync(s, Buffer.from(body), Buffer.alloc(body.length));
         } catch (err) {
@@ -496,13 +617,15 @@ export class Pkcs11KeyStore implements KeyStore {
   }
 
   async checkLogin(): Promise<void> {
-    await this.#run('HSM_ERR_UNAVAILABLE', 'token check failed', (s) => {
-      const { state } = this.#p.C_GetSessionInfo(s);
-      if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
-        // Thrown inside the pool: this session is replaced (and logged in again) on the way out.
-        throw new HsmError('HSM_ERR_UNAVAILABLE', 'the token session is not logged in', { ckr: 'CKR_USER_NOT_LOGGED_IN' });
-      }
-    });
+    await this.#run('HSM_ERR_UNAVAILABLE', 'token check failed', (s) => this.#assertLoggedIn(s));
+  }
+
+  #assertLoggedIn(session: Handle): void {
+    const { state } = this.#p.C_GetSessionInfo(session);
+    if (state !== CKS_RW_USER_FUNCTIONS && state !== CKS_RO_USER_FUNCTIONS) {
+      // Thrown inside the pool: this session is replaced (and logged in again) on the way out.
+      throw new HsmError('HSM_ERR_UNAVAILABLE', 'the token session is not logged in', { ckr: 'CKR_USER_NOT_LOGGED_IN' });
+    }
   }
 
   async checkCustody(): Promise<CustodyCheck> {
@@ -539,6 +662,9 @@ export class Pkcs11KeyStore implements KeyStore {
       objectSearches: this.#searches,
       sessionsReplaced: this.#pool.replacedCount,
       sessionsOpen: this.#pool.openCount,
+      sessionWaitTimeouts: this.#pool.busyCount,
+      tokenRefreshes: this.#refreshes,
+      lastTokenRefreshMs: Math.round(this.#refreshMs * 10) / 10,
     };
   }
 

@@ -1,12 +1,38 @@
 import type { FastifyError, FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import fp from 'fastify-plugin';
-import { HsmError } from '../hsm/index.js';
+import { HsmError, type HsmErrorCode } from '../hsm/index.js';
 import { DatabaseUnavailableError } from '../src/db/unavailable.js';
 import { AppError, ERROR_CODE_HEADER, type ErrorCode } from '../src/errors.js';
 import { auditRefusedBeforeRouting } from './request-log.js';
 
 /** How long a client should wait before retrying a 503. */
 const RETRY_AFTER_SECONDS = '5';
+
+/**
+ * Every key store error, deliberately: what a caller may do about it. A missing entry does not
+ * compile, so a new HsmErrorCode cannot reach a client as INTERNAL_ERROR by accident.
+ */
+const hsmCodes: Record<HsmErrorCode, { code: ErrorCode; retryAfter?: string }> = {
+  // The token cannot serve now (down, logged out, library or token missing): retry, or another instance.
+  HSM_ERR_UNAVAILABLE: { code: 'HSM_ERR_UNAVAILABLE', retryAfter: RETRY_AFTER_SECONDS },
+  HSM_ERR_MODULE: { code: 'HSM_ERR_UNAVAILABLE', retryAfter: RETRY_AFTER_SECONDS },
+  HSM_ERR_TOKEN_NOT_FOUND: { code: 'HSM_ERR_UNAVAILABLE', retryAfter: RETRY_AFTER_SECONDS },
+  HSM_ERR_LOGIN: { code: 'HSM_ERR_UNAVAILABLE', retryAfter: RETRY_AFTER_SECONDS },
+  // A fresh UUID already in the token: the retry draws another.
+  HSM_ERR_KEY_EXISTS: { code: 'HSM_ERR_UNAVAILABLE', retryAfter: RETRY_AFTER_SECONDS },
+  HSM_ERR_BUSY: { code: 'HSM_ERR_BUSY', retryAfter: '1' },
+  // Confirmed by a refresh, yet the database says the key exists: not visible here yet (or lost).
+  HSM_ERR_KEY_NOT_FOUND: { code: 'KEY_ERR_NOT_YET_VISIBLE', retryAfter: '1' },
+  HSM_ERR_DECRYPT: { code: 'KEY_ERR_DECRYPT_FAILED' },
+  HSM_ERR_INPUT: { code: 'REQ_ERR_BAD_REQUEST' },
+  HSM_ERR_KEY_AMBIGUOUS: { code: 'HSM_ERR_KEY_INCONSISTENT' },
+  HSM_ERR_KEY_INVALID: { code: 'HSM_ERR_KEY_INCONSISTENT' },
+  HSM_ERR_SECRET_INVALID: { code: 'HSM_ERR_FAULT' },
+  HSM_ERR_CUSTODY: { code: 'HSM_ERR_FAULT' },
+  HSM_ERR_BACKUP_INVALID: { code: 'HSM_ERR_FAULT' },
+  HSM_ERR_TOKEN_IN_USE: { code: 'HSM_ERR_FAULT' },
+  HSM_ERR_INTERNAL: { code: 'HSM_ERR_FAULT' },
+};
 
 /** Fastify's own request errors, by code (never by message). */
 const fastifyCodes: Record<string, ErrorCode> = {
@@ -27,10 +53,12 @@ export function toAppError(err: unknown): AppError {
   if (err instanceof DatabaseUnavailableError) {
     return new AppError('DB_ERR_UNAVAILABLE', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
   }
-  if (err instanceof HsmError && err.code === 'HSM_ERR_UNAVAILABLE') {
-    return new AppError('HSM_ERR_UNAVAILABLE', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
+  if (err instanceof HsmError) {
+    const { code, retryAfter } = hsmCodes[err.code];
+    return new AppError(code, { cause: err, detail: err.ckr ?? err.code, ...(retryAfter && { headers: { 'retry-after': retryAfter } }) });
   }
   const code = (err as FastifyError | undefined)?.code;
+  if (code === 'FST_ERR_HANDLER_TIMEOUT') return new AppError('REQ_ERR_TIMEOUT', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
   if (typeof code === 'string' && fastifyCodes[code]) return new AppError(fastifyCodes[code], { cause: err });
   const status = (err as FastifyError | undefined)?.statusCode;
   if ((err as FastifyError | undefined)?.validation || (typeof status === 'number' && status >= 400 && status < 500)) {

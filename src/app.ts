@@ -114,6 +114,9 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     logger: loggerOptions(config, options.logStream),
     ...(https && { https }),
     bodyLimit: config.server.bodyLimit,
+    // A slow client (requestTimeout) and a slow answer (handlerTimeout → 503 REQ_ERR_TIMEOUT) are both bounded.
+    requestTimeout: config.server.requestTimeoutMs,
+    handlerTimeout: config.server.requestTimeoutMs,
     trustProxy: config.server.trustProxy as boolean | string[],
     forceCloseConnections: 'idle',
     // plugins/shutdown.ts refuses requests that arrive while closing, with the contract body and
@@ -152,6 +155,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
             tokenLabel: config.pkcs11.tokenLabel,
             pin: config.pkcs11.pin.reveal(),
             sessions: config.pkcs11.sessions,
+            sessionWaitMs: config.pkcs11.sessionWaitMs,
           },
         },
   );
@@ -189,7 +193,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     usePool: config.keyPool.size > 0,
     onPoolKeyTaken: () => keyPool.poke(),
     clock,
-    onMissingKey: (keypairId) => app.log.error({ keypairId }, 'the database lists a keypair the token does not hold'),
+    onMissingKey: (keypairId) =>
+      app.log.warn({ keypairId }, 'the token does not show the key of a keypair the database lists (created by another instance just now, or lost); answering 503 KEY_ERR_NOT_YET_VISIBLE'),
     onStaleState: (_id, err) => degraded('database unavailable: using cached keypair states', err),
   });
   const lifecycle = new KeyLifecycle({

@@ -28,6 +28,7 @@ export const envSchema = z.object({
   PKCS11_PIN: z.string().optional(),
   PKCS11_PIN_FILE: z.string().optional(),
   PKCS11_SESSIONS: z.coerce.number().int().min(1).max(64).default(4),
+  PKCS11_SESSION_WAIT_MS: z.coerce.number().int().min(10).max(60000).default(5000),
   ADMIN_TOKEN: z.string().min(32, 'must be at least 32 characters').optional(),
   ADMIN_TOKEN_FILE: z.string().optional(),
   TLS_CERT: z.string().optional(),
@@ -35,6 +36,7 @@ export const envSchema = z.object({
   TLS_PFX: z.string().optional(),
   TLS_PFX_PASSPHRASE: z.string().optional(),
   BODY_LIMIT: z.coerce.number().int().min(1024).max(1048576).default(16384),
+  REQUEST_TIMEOUT_MS: z.coerce.number().int().min(1000).max(600000).default(30000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   KEY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(4),
   AUDIT_SPOOL_DIR: z.string().optional(),
@@ -67,11 +69,14 @@ export interface Config {
     publicUrl: { url: string; host: string; port: number } | undefined;
     trustProxy: boolean | number | string[];
     bodyLimit: number;
+    /** Longest time to receive a request and to answer it (503 REQ_ERR_TIMEOUT after). */
+    requestTimeoutMs: number;
   };
   tls: TlsConfig | undefined;
   database: DatabaseConfig;
   dataDir: string;
-  pkcs11: { modulePath: string; tokenLabel: string; pin: Secret; sessions: number };
+  /** `sessionWaitMs`: longest wait for a free session before HSM_ERR_BUSY. */
+  pkcs11: { modulePath: string; tokenLabel: string; pin: Secret; sessions: number; sessionWaitMs: number };
   adminToken: Secret | undefined;
   logLevel: Env['LOG_LEVEL'];
   /** Unassigned RSA key pairs kept generated ahead in the token (0: generate on request). */
@@ -209,6 +214,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       publicUrl,
       trustProxy: parseTrustProxy(e.TRUST_PROXY),
       bodyLimit: e.BODY_LIMIT,
+      requestTimeoutMs: e.REQUEST_TIMEOUT_MS,
     },
     tls,
     database:
@@ -221,6 +227,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
       tokenLabel: e.PKCS11_TOKEN_LABEL,
       pin: new Secret(pin as string),
       sessions: e.PKCS11_SESSIONS,
+      sessionWaitMs: e.PKCS11_SESSION_WAIT_MS,
     },
     adminToken: adminToken === undefined ? undefined : new Secret(adminToken),
     logLevel: e.LOG_LEVEL,

@@ -61,6 +61,17 @@ export const catalogue = {
   REQ_ERR_BAD_CLIENT_ADDRESS: { status: 400, message: 'X-Forwarded-For does not name a client IP address' },
 
   HSM_ERR_UNAVAILABLE: { status: 503, message: 'The key store is temporarily unavailable' },
+  // Every token session stayed busy for PKCS11_SESSION_WAIT_MS: overloaded, not broken.
+  HSM_ERR_BUSY: { status: 503, message: 'The key store is busy; retry shortly' },
+  // The database lists the keypair but the token has not shown this instance its key (yet): a
+  // key another instance just created, confirmed absent by a token refresh. See the README.
+  KEY_ERR_NOT_YET_VISIBLE: { status: 503, message: 'The key pair is not yet available here; retry shortly' },
+  // The token holds two keys under one keypair id, or a key that failed its consistency check.
+  HSM_ERR_KEY_INCONSISTENT: { status: 500, message: 'The key store holds an inconsistent key; an operator must resolve it' },
+  // Any other fault the key store reported (details only in the server log).
+  HSM_ERR_FAULT: { status: 500, message: 'The key store reported a fault' },
+  // No answer within REQUEST_TIMEOUT_MS (Fastify's handlerTimeout).
+  REQ_ERR_TIMEOUT: { status: 503, message: 'The request took too long; retry it' },
   DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },
   // Vault's rule: a request that cannot be audited (database and spool both failing) is refused.
   AUDIT_ERR_UNAVAILABLE: { status: 503, message: 'The audit log is temporarily unavailable' },

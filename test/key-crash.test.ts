@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import t from 'tap';
 import { encodeRsaPublicKey, openPkcs11KeyStore } from '../hsm/index.js';
 import { KeypairRepository } from '../src/db/keypairs.js';
+import { GENERATING_GRACE_MS } from '../src/keys/generator.js';
 import { findKeyInconsistencies, reconcileKeys } from '../src/keys/reconcile.js';
 import { createTestDatabase } from './helpers/database.js';
 import { hawkFetch, send, type ClientCredential } from './helpers/hawk-client.js';
@@ -16,7 +17,7 @@ import { createTestToken } from './helpers/token.js';
 
 t.setTimeout(180_000);
 /** Wall-clock budget for the kill loop (the issue asks for many iterations; the file stays < 90 s). */
-const LOOP_MS = 50_000;
+const LOOP_MS = 40_000;
 
 const token = createTestToken();
 // A second token for the in-process checks (SoftHSM sees only tokens present at C_Initialize).
@@ -28,7 +29,8 @@ const env = {
   ...tokenEnv(token, writeSecretFile(work, 'pin', token.pin)),
   ADMIN_TOKEN_FILE: writeSecretFile(work, 'admin', adminToken),
   DATABASE_URL: (await createTestDatabase(t)).url,
-  KEY_POOL_SIZE: '2',
+  // The service's default (startService turns the pool off unless told).
+  KEY_POOL_SIZE: '4',
   LOG_LEVEL: 'info',
 };
 
@@ -48,6 +50,9 @@ t.test('SIGKILL at random points while keys are generated never loses or half-ma
   let completed = 0;
   let removed = 0;
   let iterations = 0;
+  // A second instance with the default key pool runs through every kill: it reconciles, refills
+  // and searches the token beside the instance that dies (issue 9: visibility, reconciliation).
+  const peer = await startService(t, SERVER_JS, { ...env, AUDIT_SPOOL_DIR: `${work}/spool-peer` });
   const deadline = Date.now() + LOOP_MS;
 
   while (Date.now() < deadline) {
@@ -92,8 +97,7 @@ t.test('SIGKILL at random points while keys are generated never loses or half-ma
   }
   t.ok(iterations >= 8, `${iterations} kills`);
   t.ok(returned.size > 0, 'some keypairs were created between the kills');
-  t.ok(removed > 0, 'some kills landed inside a generation');
-  t.comment(`${iterations} kills; ${returned.size} keypairs returned; at restart ${completed} interrupted generations completed into the pool, ${removed} removed`);
+  t.comment(`${iterations} kills; ${returned.size} keypairs returned; at restarts ${completed} interrupted generations completed, ${removed} removed`);
 
   // The last start settles what the last kill left.
   const { proc, origin } = await startService(t, SERVER_JS, env);
@@ -118,12 +122,19 @@ t.test('SIGKILL at random points while keys are generated never loses or half-ma
 
   proc.child.kill('SIGTERM');
   t.equal((await waitExit(proc, 20_000)).code, 0, 'clean shutdown');
+  peer.proc.child.kill('SIGTERM');
+  t.equal((await waitExit(peer.proc, 20_000)).code, 0, 'the second instance never died and shuts down cleanly');
 
   const created = await createTestDatabaseHandle(env.DATABASE_URL);
   t.teardown(() => created.close());
   const keyStore = await openPkcs11KeyStore({ modulePath: token.modulePath, tokenLabel: token.label, pin: token.pin, sessions: 1 });
   t.teardown(() => keyStore.close());
   t.same(await findKeyInconsistencies(created, keyStore), { rowsWithoutKey: [], keysWithoutRow: [] }, 'database and token agree');
+  // What the kills left in `generating` is settled once past the grace period, by the token's word.
+  const log = { info: () => undefined, error: () => undefined };
+  const settled = await reconcileKeys(created, keyStore, { log, clock: () => Date.now() + GENERATING_GRACE_MS + 60_000 });
+  t.ok(settled.removed.length + settled.completed.length + removed + completed > 0, `kills landed inside generations: ${settled.removed.length} removed, ${settled.completed.length} completed after the grace period`);
+  t.same([settled.rowsWithoutKey, settled.keysWithoutRow], [[], []], 'no lost row, no orphan key');
   const { rows } = await created.query<{ state: string; n: number }>('SELECT state, count(*)::int AS n FROM keypair GROUP BY state ORDER BY state');
   t.notOk(rows.some((r) => r.state === 'generating'), `no generation left unsettled (${JSON.stringify(rows)})`);
 });
@@ -153,9 +164,15 @@ t.test('each kill point, made on purpose: reconciliation at start', async (t) =>
   const stray = id();
   await keyStore.generateRsaKeyPair(stray, 3072);
 
-  const first = await reconcileKeys(db, keyStore, { log });
+  // Rows younger than the grace period may be live generations elsewhere: look from later on.
+  const later = () => Date.now() + GENERATING_GRACE_MS + 60_000;
+  const young = await reconcileKeys(db, keyStore, { log });
+  t.same(young.removed, [], 'young generating rows are left alone (another instance may be generating them)');
+  // An import's intent row carries the key's original date, so it is never young.
+  t.same(young.completed, [imported], 'only the import (dated 2019) is settled at once');
+  const first = await reconcileKeys(db, keyStore, { log, clock: later });
   t.same(first.removed, [before], 'the generation that never reached the token is removed');
-  t.same(first.completed.sort(), [after, imported].sort(), 'the generations the token finished are completed');
+  t.same(first.completed, [after], 'the generation the token finished is completed');
   t.match(await repo.find(imported), { state: 'enabled', origin: 'imported', owner: 'legacy-owner', dateCreated: legacyDate },
     'an interrupted import becomes its keypair, with its id, owner and date');
   t.same(first.keysWithoutRow, [stray], 'the key without a row is reported');
@@ -165,7 +182,7 @@ t.test('each kill point, made on purpose: reconciliation at start', async (t) =>
   t.ok(done?.publicKey.equals(encodeRsaPublicKey(pub)), 'with the public key the token holds');
   t.ok(logged.some((m) => /never reused/.test(m)), 'the stray key is logged');
 
-  const second = await reconcileKeys(db, keyStore, { log });
+  const second = await reconcileKeys(db, keyStore, { log, clock: later });
   t.same(second.keysWithoutRow, [stray], 'the stray key is kept (reported again, never deleted)');
   t.ok(await keyStore.getRsaPublicKey(stray), 'still in the token');
   t.same(await repo.takeFromPool('someone', new Date()).then((r) => r?.id), after, 'the completed key is handed out');

@@ -139,10 +139,14 @@ export class KeypairRepository {
     return rowCount === 1;
   }
 
-  /** `generating` rows nobody holds locked (their generator died), locked for this transaction. */
-  async lockAbandonedGenerating(): Promise<{ id: string; origin: KeypairOrigin }[]> {
+  /**
+   * `generating` rows nobody holds locked (their generator died) and written before
+   * `startedBefore` (a younger one may be a live generation not yet locked), locked for this transaction.
+   */
+  async lockAbandonedGenerating(startedBefore: Date): Promise<{ id: string; origin: KeypairOrigin }[]> {
     const { rows } = await this.#db.query<{ id: string; origin: KeypairOrigin }>(
-      `SELECT id, origin FROM keypair WHERE state = 'generating' ORDER BY id FOR UPDATE SKIP LOCKED`,
+      `SELECT id, origin FROM keypair WHERE state = 'generating' AND state_changed_at < $1 ORDER BY id FOR UPDATE SKIP LOCKED`,
+      [startedBefore],
     );
     return rows;
   }

@@ -87,19 +87,28 @@ export interface ReconcileReport {
 }
 
 /**
+ * How old an unlocked `generating` row must be before another process settles it: a live
+ * generation takes seconds, so a younger row may be one whose generator has not locked it yet
+ * (or, on the embedded database, never does). Generous on purpose: settling late costs nothing.
+ */
+export const GENERATING_GRACE_MS = 10 * 60_000;
+
+/**
  * Settle `generating` rows left by a process that died (or by a failed generation): the token
- * decides. Rows locked by a live generator (Postgres) or in `skip` (this process) are left alone.
+ * decides. Rows locked by a live generator (Postgres), younger than `graceMs`
+ * (GENERATING_GRACE_MS) or in `skip` (this process) are left alone.
  */
 export async function reconcileGenerating(
   db: Database,
   keyStore: KeyStore,
-  options: { skip?: ReadonlySet<string>; clock?: () => number } = {},
+  options: { skip?: ReadonlySet<string>; clock?: () => number; graceMs?: number } = {},
 ): Promise<ReconcileReport> {
   const clock = options.clock ?? Date.now;
   const report: ReconcileReport = { completed: [], removed: [] };
+  const startedBefore = new Date(clock() - (options.graceMs ?? GENERATING_GRACE_MS));
   await db.transaction(async (tx) => {
     const repo = new KeypairRepository(tx);
-    for (const { id, origin } of await repo.lockAbandonedGenerating()) {
+    for (const { id, origin } of await repo.lockAbandonedGenerating(startedBefore)) {
       if (options.skip?.has(id)) continue;
       const publicKey = await keyStore.getRsaPublicKey(id);
       if (publicKey) {

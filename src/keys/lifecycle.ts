@@ -134,7 +134,11 @@ export class KeyLifecycle {
       );
       if (!moved) continue; // cancelled or purged elsewhere meanwhile
       this.#o.onChange?.(row.id);
-      const destroyed = await this.#o.keyStore.deleteKeyPair(row.id);
+      // A delete that finds nothing may have missed a key another process made: a lookup
+      // confirms the miss (with a token refresh where the module needs one) before it is audited.
+      const destroyed =
+        (await this.#o.keyStore.deleteKeyPair(row.id)) ||
+        ((await this.#o.keyStore.getRsaPublicKey(row.id)) !== undefined && (await this.#o.keyStore.deleteKeyPair(row.id)));
       if (!destroyed) {
         await this.#o.audit({ event: 'keypair.purge-missing-key', actor, keypairId: row.id, detail: {} });
       }

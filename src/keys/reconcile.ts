@@ -23,15 +23,20 @@ export async function findKeyInconsistencies(db: Queryable, keyStore: KeyStore):
   const inToken = new Set(await keyStore.listKeyPairIds());
   const after = await repo.states();
   const holding = new Set<string>(KEY_HOLDING_STATES);
-  const rowsWithoutKey = [...before]
+  const unlisted = [...before]
     .filter(([id, state]) => holding.has(state) && holding.has(after.get(id) ?? 'deleted') && !inToken.has(id))
     .map(([id]) => id)
     .sort();
+  // A listing can miss a key another process made (SoftHSM's file store); a lookup confirms a
+  // miss with a token refresh, so a key that exists is never reported missing.
+  const rowsWithoutKey: string[] = [];
+  for (const id of unlisted) if (!(await keyStore.getRsaPublicKey(id))) rowsWithoutKey.push(id);
   const keysWithoutRow = [...inToken].filter((id) => !after.has(id) && !before.has(id)).sort();
   return { rowsWithoutKey, keysWithoutRow };
 }
 
 export interface ReconcileKeysOptions {
+  /** Also dates the grace period of `generating` rows (GENERATING_GRACE_MS). */
   clock?: () => number;
   /** Ids this process is generating (skipped). */
   skip?: ReadonlySet<string>;
@@ -42,7 +47,8 @@ export interface ReconcileKeysOptions {
 }
 
 /**
- * At start: settle `generating` rows left by a killed process, then report what remains
+ * At start: settle `generating` rows left by a killed process (once older than
+ * GENERATING_GRACE_MS: a younger unlocked one may be another instance's live generation), then report what remains
  * inconsistent. Nothing else is changed: a key without a row is kept (it may be a key being
  * imported elsewhere, or the only copy of something) and never reused; a row without a key
  * needs the token restored.

@@ -37,8 +37,13 @@ export interface LkmServiceOptions {
    */
   stateTtlMs?: number;
   clock?: () => number;
-  /** Told when the token has no key for a keypair the database lists: that must never happen. */
+  /**
+   * Told, once per keypair per miss window, when the token does not show the key of a keypair
+   * the database lists: not visible here yet (another instance just created it) or lost.
+   */
   onMissingKey?: (keypairId: string) => void;
+  /** How long a confirmed miss is answered from memory (default 1 s; each miss costs a token search). */
+  missTtlMs?: number;
   /** Told when a keypair's state is served from the cache because the database is unavailable. */
   onStaleState?: (keypairId: string, err: unknown) => void;
 }
@@ -51,6 +56,7 @@ interface CachedKey {
 }
 
 const DEFAULT_STATE_TTL_MS = 2_000;
+const DEFAULT_MISS_TTL_MS = 1_000;
 const VISIBLE = new Set<KeypairState>(['enabled', 'disabled', 'pending_deletion']);
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
@@ -66,6 +72,14 @@ function decodeBase64(text: string): Buffer | undefined {
   const padded = text.includes('=');
   if ((padded && text.length % 4 !== 0) || (!padded && text.length % 4 === 1)) return undefined;
   return Buffer.from(text, 'base64');
+}
+
+function notYetVisible(retryMs: number, cause?: unknown): AppError {
+  return new AppError('KEY_ERR_NOT_YET_VISIBLE', {
+    headers: { 'retry-after': String(Math.max(1, Math.ceil(retryMs / 1000))) },
+    detail: 'the token does not show this keypair\'s key (yet)',
+    ...(cause !== undefined && { cause }),
+  });
 }
 
 function view(row: KeypairRow): KeypairView {
@@ -89,6 +103,9 @@ export class LkmService {
   /** Ciphertext length and state per keypair; the state is re-read after stateTtlMs. */
   readonly #keys = new Map<string, CachedKey>();
   readonly #refreshing = new Map<string, Promise<CachedKey | undefined>>();
+  /** Keypairs whose key the token did not show, until when the miss is answered from here. */
+  readonly #misses = new Map<string, number>();
+  readonly #missTtlMs: number;
 
   constructor(options: LkmServiceOptions) {
     this.#keyStore = options.keyStore;
@@ -97,6 +114,7 @@ export class LkmService {
     this.#usePool = options.usePool ?? false;
     this.#onPoolKeyTaken = options.onPoolKeyTaken;
     this.#stateTtlMs = options.stateTtlMs ?? DEFAULT_STATE_TTL_MS;
+    this.#missTtlMs = options.missTtlMs ?? DEFAULT_MISS_TTL_MS;
     this.#clock = options.clock ?? Date.now;
     this.#onMissingKey = options.onMissingKey;
     this.#onStaleState = options.onStaleState;
@@ -149,6 +167,11 @@ export class LkmService {
         message: `Decrypt body must be ${expected} bytes (an RSA-${expected * 8} ciphertext), not ${ciphertext.length}`,
       });
     }
+    const missUntil = this.#misses.get(keypairId);
+    if (missUntil !== undefined) {
+      if (this.#clock() < missUntil) throw notYetVisible(missUntil - this.#clock());
+      this.#misses.delete(keypairId);
+    }
     try {
       return await this.#keyStore.rsaDecrypt(keypairId, padding, ciphertext);
     } catch (err) {
@@ -157,9 +180,13 @@ export class LkmService {
         case 'HSM_ERR_DECRYPT':
           throw new AppError('KEY_ERR_DECRYPT_FAILED', { cause: err, detail: err.ckr ?? err.message });
         case 'HSM_ERR_KEY_NOT_FOUND':
-          this.#onMissingKey?.(keypairId);
-          throw err;
+          // The key store has confirmed the miss (see Pkcs11KeyStore#key); the next ones within
+          // the window are answered from here, without a token search on the event loop.
+          if (!this.#misses.has(keypairId)) this.#onMissingKey?.(keypairId);
+          this.#misses.set(keypairId, this.#clock() + this.#missTtlMs);
+          throw notYetVisible(this.#missTtlMs, err);
         default:
+          // Mapped to its status by plugins/error-handler.ts.
           throw err;
       }
     }
