@@ -32,6 +32,7 @@ const hsmCodes: Record<HsmErrorCode, { code: ErrorCode; retryAfter?: string }> =
   HSM_ERR_BACKUP_INVALID: { code: 'HSM_ERR_FAULT' },
   HSM_ERR_TOKEN_IN_USE: { code: 'HSM_ERR_FAULT' },
   HSM_ERR_INTERNAL: { code: 'HSM_ERR_FAULT' },
+  HSM_ERR_KEY_USAGE: { code: 'KEY_ERR_WRONG_USAGE' },
 };
 
 /** Fastify's own request errors, by code (never by message). */
@@ -58,7 +59,7 @@ export function toAppError(err: unknown): AppError {
     return new AppError(code, { cause: err, detail: err.ckr ?? err.code, ...(retryAfter && { headers: { 'retry-after': retryAfter } }) });
   }
   const code = (err as FastifyError | undefined)?.code;
-  if (code === 'FST_ERR_HANDLER_TIMEOUT') return new AppError('REQ_ERR_TIMEOUT', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
+  if (code === 'FST_ERR_HANDLER_TIMEOUT') return new AppError('SERVICE_ERR_TIMEOUT', { cause: err, headers: { 'retry-after': RETRY_AFTER_SECONDS } });
   if (typeof code === 'string' && fastifyCodes[code]) return new AppError(fastifyCodes[code], { cause: err });
   const status = (err as FastifyError | undefined)?.statusCode;
   if ((err as FastifyError | undefined)?.validation || (typeof status === 'number' && status >= 400 && status < 500)) {

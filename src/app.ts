@@ -114,7 +114,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     logger: loggerOptions(config, options.logStream),
     ...(https && { https }),
     bodyLimit: config.server.bodyLimit,
-    // A slow client (requestTimeout) and a slow answer (handlerTimeout → 503 REQ_ERR_TIMEOUT) are both bounded.
+    // A slow client (requestTimeout) and a slow answer (handlerTimeout → 503 SERVICE_ERR_TIMEOUT) are both bounded.
     requestTimeout: config.server.requestTimeoutMs,
     handlerTimeout: config.server.requestTimeoutMs,
     trustProxy: config.server.trustProxy as boolean | string[],

@@ -69,7 +69,7 @@ export interface Config {
     publicUrl: { url: string; host: string; port: number } | undefined;
     trustProxy: boolean | number | string[];
     bodyLimit: number;
-    /** Longest time to receive a request and to answer it (503 REQ_ERR_TIMEOUT after). */
+    /** Longest time to receive a request and to answer it (503 SERVICE_ERR_TIMEOUT after). */
     requestTimeoutMs: number;
   };
   tls: TlsConfig | undefined;

@@ -70,8 +70,10 @@ export const catalogue = {
   HSM_ERR_KEY_INCONSISTENT: { status: 500, message: 'The key store holds an inconsistent key; an operator must resolve it' },
   // Any other fault the key store reported (details only in the server log).
   HSM_ERR_FAULT: { status: 500, message: 'The key store reported a fault' },
-  // No answer within REQUEST_TIMEOUT_MS (Fastify's handlerTimeout).
-  REQ_ERR_TIMEOUT: { status: 503, message: 'The request took too long; retry it' },
+  // No answer within REQUEST_TIMEOUT_MS (Fastify's handlerTimeout): our delay, not the client's.
+  SERVICE_ERR_TIMEOUT: { status: 503, message: 'The request took too long; retry it' },
+  // A key asked for an operation its usage forbids (a decrypt key to sign, or the other way round).
+  KEY_ERR_WRONG_USAGE: { status: 400, message: 'This key may not be used for this operation' },
   DB_ERR_UNAVAILABLE: { status: 503, message: 'The database is temporarily unavailable' },
   // Vault's rule: a request that cannot be audited (database and spool both failing) is refused.
   AUDIT_ERR_UNAVAILABLE: { status: 503, message: 'The audit log is temporarily unavailable' },
