@@ -1,6 +1,7 @@
 import type { Database } from './database.js';
 import { migration002 } from './migration-002-keys.js';
 import { migration003 } from './migration-003-audit.js';
+import { migration030 } from './migration-030-auth.js';
 
 export interface Migration {
   version: number;
@@ -66,6 +67,7 @@ export const migrations: readonly Migration[] = [
   },
   migration002,
   migration003,
+  migration030,
 ];
 
 /** Arbitrary constant: the advisory lock that serialises migrations across instances. */
