@@ -24,6 +24,8 @@ export type SessionRefusal = 'unknown' | 'idle' | 'expired';
 
 export type SessionVerification = { ok: true; session: OperatorSession } | { ok: false; reason: SessionRefusal };
 
+export type SessionRotation = { ok: true; session: NewOperatorSession } | { ok: false; reason: SessionRefusal };
+
 /** One stored session: the SHA-256 of its id, never the id. */
 export interface SessionRow {
   idHash: Buffer;
@@ -226,7 +228,7 @@ export class OperatorSessions {
    * Give a live session a new id and CSRF token, keeping its operator and absolute end (e.g. after
    * a second factor or a change of privileges); the old id stops working at once.
    */
-  async rotate(id: string): Promise<NewOperatorSession | { ok: false; reason: SessionRefusal }> {
+  async rotate(id: string): Promise<SessionRotation> {
     if (!isOpaqueToken(id)) return { ok: false, reason: 'unknown' };
     const hash = hashOpaqueToken(id);
     const now = this.#clock();
@@ -239,7 +241,7 @@ export class OperatorSessions {
       new Date(now),
       new Date(now + this.#idleMs),
     );
-    if (row) return { id: next, ...this.#view(row) };
+    if (row) return { ok: true, session: { id: next, ...this.#view(row) } };
     return { ok: false, reason: await this.#why(hash, now) };
   }
 
