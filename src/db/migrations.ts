@@ -2,6 +2,7 @@ import type { Database } from './database.js';
 import { migration002 } from './migration-002-keys.js';
 import { migration003 } from './migration-003-audit.js';
 import { migration010 } from './migration-010-signs-query.js';
+import { migration030 } from './migration-030-auth.js';
 
 export interface Migration {
   version: number;
@@ -68,6 +69,7 @@ export const migrations: readonly Migration[] = [
   migration002,
   migration003,
   migration010,
+  migration030,
 ];
 
 /** Arbitrary constant: the advisory lock that serialises migrations across instances. */
