@@ -16,8 +16,9 @@ export type GenerationTarget = { state: 'pool' } | { state: 'enabled'; owner: st
 /**
  * Crash-consistent key generation. The order makes every kill point recoverable:
  * 1. commit a `generating` row under a fresh id (an intent: nobody sees it);
- * 2. generate in the token under that id, holding the row locked (Postgres) so another
- *    instance's reconciliation leaves it alone while this process lives;
+ * 2. generate in the token under that id, holding the row locked (Postgres, on the database's
+ *    separate long-transaction pool) so another instance's reconciliation leaves it alone while
+ *    this process lives;
  * 3. store the public key and the final state in one UPDATE.
  * Killed after 1 or 2, the row stays `generating`; `reconcileGenerating` completes it into the
  * pool when the token has the key and deletes it when it does not. A row whose key the token
@@ -61,7 +62,9 @@ export class KeyGenerator {
         // transaction would hold PGlite's only connection for the whole generation.
         return await run(new KeypairRepository(this.#db));
       }
-      return await this.#db.transaction(async (tx) => {
+      // The row lock is held across the generation (seconds): on the long-transaction pool, so
+      // no connection that decrypts and audit appends need is held meanwhile.
+      return await this.#db.longTransaction(async (tx) => {
         const repo = new KeypairRepository(tx);
         if (!(await repo.lockGenerating(id))) {
           throw new Error(`keypair ${id} was reconciled away before its key was generated`);
