@@ -174,6 +174,12 @@ function alive(tt: Tt & Pick<typeof t, 'comment'>, s: Server, what: string): voi
   if (s.proc.exited()) tt.comment(`${s.name} exited; the end of its output:\n${s.proc.output().slice(-1500)}`);
 }
 
+function tally(list: Answer[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const x of list) out[`${x.server}:${x.kind}:${x.code}`] = (out[`${x.server}:${x.kind}:${x.code}`] ?? 0) + 1;
+  return out;
+}
+
 function checkAnswers(tt: Tt, list: Answer[], what: string): void {
   const bad = list.filter(
     (x) => !(x.status === 200 || (x.status === 503 && x.code !== null && CATALOGUE_503.has(x.code) && x.retryAfter !== null)),
@@ -254,7 +260,8 @@ for (const mode of ['fast', 'immediate'] as StopMode[]) {
     tt.comment(
       `-m ${mode}: ${mine.length} answers, ${count(200)} × 200, ${count(503)} × 503, down ${startedAt - stoppedAt} ms; ` +
         `decrypt 200 again ${ra} ms (A) / ${rb} ms (B) after the restart; ` +
-        `creates ${mine.filter((x) => x.kind === 'create' && x.status === 200).length} × 200`,
+        `creates ${mine.filter((x) => x.kind === 'create' && x.status === 200).length} × 200; ` +
+        `503s by kind and code: ${JSON.stringify(tally(mine.filter((x) => x.status === 503)))}`,
     );
     alive(tt, a, 'server A (on-the-spot generation)');
     alive(tt, b, 'server B (key pool on)');
