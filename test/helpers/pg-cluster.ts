@@ -1,7 +1,7 @@
 // A private Postgres cluster for fault tests: stopping it (pg_ctl stop -m fast | immediate)
 // touches no other test. initdb refuses to run as root, so every server command runs as the
 // `postgres` OS user (through runuser when this process is root).
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { chmodSync, chownSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -28,9 +28,12 @@ export interface PgCluster {
   start(): Promise<void>;
 }
 
+function command(cmd: string, args: string[]): [string, string[]] {
+  return process.getuid?.() === 0 ? ['runuser', ['-u', OS_USER, '--', join(BIN, cmd), ...args]] : [join(BIN, cmd), args];
+}
+
 async function asPostgres(cmd: string, args: string[]): Promise<string> {
-  const [file, argv] =
-    process.getuid?.() === 0 ? ['runuser', ['-u', OS_USER, '--', join(BIN, cmd), ...args]] : [join(BIN, cmd), args];
+  const [file, argv] = command(cmd, args);
   const { stdout } = await run(file, argv, { timeout: 60_000 });
   return stdout;
 }
@@ -49,8 +52,23 @@ export async function startPgCluster(t: TestLike): Promise<PgCluster> {
   }
   chmodSync(dir, 0o700);
   let running = false;
+  // A test process killed before its teardown must not leave a server running.
+  const onExit = () => {
+    if (running) {
+      try {
+        execFileSync(...command('pg_ctl', ['-D', data, 'stop', '-m', 'immediate', '-w']), { stdio: 'ignore', timeout: 30_000 });
+      } catch {
+        // Already gone.
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', onExit);
+  for (const signal of ['SIGTERM', 'SIGINT'] as const) process.once(signal, () => process.exit(1));
   t.teardown(async () => {
+    process.removeListener('exit', onExit);
     if (running) await asPostgres('pg_ctl', ['-D', data, 'stop', '-m', 'immediate', '-w']).catch(() => undefined);
+    running = false;
     rmSync(dir, { recursive: true, force: true });
   });
   await asPostgres('initdb', ['-D', data, '-U', 'postgres', '--auth=trust', '--no-sync', '-E', 'UTF8', '--locale=C']);
