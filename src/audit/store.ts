@@ -109,6 +109,9 @@ export async function appendRecords(db: Database, records: readonly AuditRecord[
  */
 export async function trimChain(db: Database, cutoff: Date): Promise<(ChainAnchor & { removed: number }) | undefined> {
   return db.transaction(async (tx) => {
+    // The first run after enabling retention may delete millions of rows: longer than a request's
+    // statement_timeout. Appends meanwhile wait at most lock_timeout, then spool (nothing stalls).
+    await tx.query('SET LOCAL statement_timeout = 0');
     await tx.query('SELECT pg_advisory_xact_lock($1)', [AUDIT_CHAIN_LOCK]);
     // The newest old entry bounds the prefix; the entry after it keeps the chain's tail verifiable.
     const bound = await tx.query<{ seq: unknown }>(

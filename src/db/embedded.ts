@@ -83,7 +83,10 @@ export async function openEmbedded(options: EmbeddedOptions): Promise<Database> 
     query: direct.query,
     transaction,
     // One connection and one process (the lock file): there is no other pool to move to.
-    longTransaction: transaction,
+    async longTransaction(fn, opts) {
+      if (opts?.before) await opts.before(direct);
+      return transaction(fn);
+    },
     async close() {
       try {
         await db.close();

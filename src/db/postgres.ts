@@ -95,7 +95,11 @@ function newPool(options: PostgresOptions, max: number, timeouts: SessionTimeout
  * that failed that way, or whose ROLLBACK failed, is released as broken: the pool destroys it
  * instead of handing a dead connection to the next caller.
  */
-async function withTransaction<T>(pool: pg.Pool, fn: (tx: Queryable) => Promise<T>): Promise<T> {
+async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (tx: Queryable) => Promise<T>,
+  before?: (q: Queryable) => Promise<void>,
+): Promise<T> {
   let client: pg.PoolClient;
   try {
     client = await pool.connect();
@@ -109,6 +113,7 @@ async function withTransaction<T>(pool: pg.Pool, fn: (tx: Queryable) => Promise<
   client.on('error', onError);
   const tx = wrap(client);
   try {
+    if (before) await before(tx);
     await tx.query('BEGIN');
     const result = await fn(tx);
     await tx.query('COMMIT');
@@ -144,7 +149,7 @@ export function openPostgres(options: PostgresOptions): Database {
     kind: 'postgres',
     query: direct.query,
     transaction: (fn) => withTransaction(pool, fn),
-    longTransaction: (fn) => withTransaction(longPool, fn),
+    longTransaction: (fn, opts) => withTransaction(longPool, fn, opts?.before),
     async close() {
       await Promise.all([pool.end(), longPool.end()]);
     },

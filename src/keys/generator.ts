@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { encodeRsaPublicKey, modulusBits, type KeyStore } from '../../hsm/index.js';
-import type { Database } from '../db/database.js';
+import type { Database, Queryable } from '../db/database.js';
 import { KeypairRepository, type KeypairRecord, type KeypairState } from '../db/keypairs.js';
 
 export interface KeyGeneratorOptions {
@@ -44,7 +44,7 @@ export class KeyGenerator {
     const owner = target.state === 'enabled' ? target.owner : null;
     this.inFlight.add(id);
     try {
-      await new KeypairRepository(this.#db).insertGenerating(id, new Date(this.#clock()));
+      const intent = (q: Queryable) => new KeypairRepository(q).insertGenerating(id, new Date(this.#clock()));
       const run = async (repo: KeypairRepository): Promise<KeypairRecord> => {
         const publicKey = await this.#keyStore.generateRsaKeyPair(id, this.#bits);
         const done = await repo.completeGeneration(id, {
@@ -60,17 +60,23 @@ export class KeyGenerator {
       if (this.#db.kind === 'embedded') {
         // One process per embedded database (a lock file): nobody else reconciles meanwhile, and a
         // transaction would hold PGlite's only connection for the whole generation.
+        await intent(this.#db);
         return await run(new KeypairRepository(this.#db));
       }
       // The row lock is held across the generation (seconds): on the long-transaction pool, so
-      // no connection that decrypts and audit appends need is held meanwhile.
-      return await this.#db.longTransaction(async (tx) => {
-        const repo = new KeypairRepository(tx);
-        if (!(await repo.lockGenerating(id))) {
-          throw new Error(`keypair ${id} was reconciled away before its key was generated`);
-        }
-        return run(repo);
-      });
+      // no connection that decrypts and audit appends need is held meanwhile. The intent is
+      // written on that connection once it is ours, then locked at once: a wait for the
+      // connection never leaves a committed, unlocked intent for another instance to reconcile.
+      return await this.#db.longTransaction(
+        async (tx) => {
+          const repo = new KeypairRepository(tx);
+          if (!(await repo.lockGenerating(id))) {
+            throw new Error(`keypair ${id} was reconciled away before its key was generated`);
+          }
+          return run(repo);
+        },
+        { before: intent },
+      );
     } catch (err) {
       this.inFlight.delete(id);
       // Settle the intent now rather than at the next start: the token says whether the key exists.
