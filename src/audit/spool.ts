@@ -61,10 +61,6 @@ export class AuditSpool {
     this.#maxBytes = options.maxBytes ?? 1024 * 1024 * 1024;
   }
 
-  /** The spool directory (the quarantine file lives there too). */
-  get dir(): string {
-    return this.#dir;
-  }
 
   /** The spool file's path, once a slot is held. */
   get path(): string | undefined {

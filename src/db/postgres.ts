@@ -25,7 +25,7 @@ export interface PostgresOptions {
   onIdleError?: (err: Error) => void;
 }
 
-export const DEFAULT_TIMEOUTS: Readonly<SessionTimeouts> = { statementMs: 30_000, lockMs: 5_000, idleInTransactionMs: 10_000 };
+const DEFAULT_TIMEOUTS: Readonly<SessionTimeouts> = { statementMs: 30_000, lockMs: 5_000, idleInTransactionMs: 10_000 };
 
 /**
  * A long transaction waits on the token (an RSA generation takes up to seconds, more under

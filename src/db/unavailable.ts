@@ -25,7 +25,7 @@ const TRANSIENT_CLASSES = new Set(['08', '53', '57', '58']);
 const TRANSIENT_STATES = new Set(['55P03', '25P03', '40001', '40P01']);
 
 /** True when a SQLSTATE means the database cannot serve now (see the two sets above). */
-export function isTransientState(state: string): boolean {
+function isTransientState(state: string): boolean {
   return TRANSIENT_CLASSES.has(state.slice(0, 2)) || TRANSIENT_STATES.has(state);
 }
 
