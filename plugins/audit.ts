@@ -17,6 +17,8 @@ export interface AuditPluginOptions {
   spoolDir: string;
   /** Remove entries older than this many days, leaving a chain anchor; 0 keeps everything. */
   retentionDays: number;
+  /** Cap of the spool file (and of the quarantine file) in bytes; reached, requests get 503. */
+  spoolMaxBytes?: number;
   clock?: () => number;
   /** Spool replay retry interval (tests shorten it). */
   retryMs?: number;
@@ -34,7 +36,7 @@ async function auditPlugin(app: FastifyInstance, opts: AuditPluginOptions): Prom
   const clock = opts.clock ?? Date.now;
   const writer = new AuditWriter({
     db: app.db,
-    spool: new AuditSpool(opts.spoolDir),
+    spool: new AuditSpool(opts.spoolDir, opts.spoolMaxBytes === undefined ? {} : { maxBytes: opts.spoolMaxBytes }),
     log: app.log,
     clock,
     ...(opts.retryMs !== undefined && { retryMs: opts.retryMs }),

@@ -22,6 +22,9 @@ export const envSchema = z.object({
     .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL')
     .optional(),
   DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(100).default(10),
+  DATABASE_STATEMENT_TIMEOUT_MS: z.coerce.number().int().min(0).max(3_600_000).default(30_000),
+  DATABASE_LOCK_TIMEOUT_MS: z.coerce.number().int().min(0).max(3_600_000).default(5_000),
+  DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS: z.coerce.number().int().min(0).max(3_600_000).default(10_000),
   DATA_DIR: z.string().default('var/data'),
   PKCS11_MODULE: z.string().optional(),
   PKCS11_TOKEN_LABEL: z.string().min(1).max(32, 'a PKCS#11 token label has at most 32 characters').default('strongroom'),
@@ -41,6 +44,7 @@ export const envSchema = z.object({
   KEY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(4),
   AUDIT_SPOOL_DIR: z.string().optional(),
   AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36500).default(0),
+  AUDIT_SPOOL_MAX_MB: z.coerce.number().int().min(1).max(1_048_576).default(1024),
   HAWK_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(20),
   HAWK_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
   HAWK_ACCEPT_PATH_ONLY_MAC: z.enum(['true', 'false'], { error: 'must be true or false' }).default('true'),
@@ -58,7 +62,13 @@ export type TlsConfig =
   | { kind: 'pfx'; pfx: Secret<Buffer>; passphrase: Secret | undefined };
 
 export type DatabaseConfig =
-  | { kind: 'postgres'; url: Secret; poolSize: number }
+  | {
+      kind: 'postgres';
+      url: Secret;
+      poolSize: number;
+      /** Set on every connection; 0 leaves the server's own setting. */
+      timeouts: { statementMs: number; lockMs: number; idleInTransactionMs: number };
+    }
   | { kind: 'embedded'; dataDir: string };
 
 export interface Config {
@@ -86,6 +96,8 @@ export interface Config {
     spoolDir: string;
     /** Entries older than this are removed, leaving a chain anchor; 0 keeps everything. */
     retentionDays: number;
+    /** Largest spool file; when full, requests are refused (503) rather than served unaudited. */
+    spoolMaxBytes: number;
   };
   /**
    * Refusals before authentication written in full per client address and in all, per minute;
@@ -220,7 +232,16 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     database:
       e.DATABASE_URL === undefined
         ? { kind: 'embedded', dataDir: resolve(e.DATA_DIR, 'db') }
-        : { kind: 'postgres', url: new Secret(e.DATABASE_URL), poolSize: e.DATABASE_POOL_SIZE },
+        : {
+            kind: 'postgres',
+            url: new Secret(e.DATABASE_URL),
+            poolSize: e.DATABASE_POOL_SIZE,
+            timeouts: {
+              statementMs: e.DATABASE_STATEMENT_TIMEOUT_MS,
+              lockMs: e.DATABASE_LOCK_TIMEOUT_MS,
+              idleInTransactionMs: e.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            },
+          },
     dataDir: resolve(e.DATA_DIR),
     pkcs11: {
       modulePath: modulePath as string,
@@ -235,6 +256,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     audit: {
       spoolDir: resolve(e.AUDIT_SPOOL_DIR ?? resolve(e.DATA_DIR, 'audit-spool')),
       retentionDays: e.AUDIT_RETENTION_DAYS,
+      spoolMaxBytes: e.AUDIT_SPOOL_MAX_MB * 1024 * 1024,
     },
     hawkFailures: { limit: e.HAWK_FAILURE_LIMIT, windowSec: e.HAWK_FAILURE_WINDOW_SEC },
     refusalSampling: { perAddress: e.AUDIT_REFUSALS_PER_ADDRESS, perWindow: e.AUDIT_REFUSALS_PER_MINUTE },

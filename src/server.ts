@@ -1,7 +1,39 @@
 #!/usr/bin/env node
+import { writeSync } from 'node:fs';
 import { buildApp } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { resolveCryptValues } from './config-crypt.js';
+
+/** Exit status after an error nothing handled (EX_SOFTWARE): a supervisor restarts the process. */
+const EXIT_FATAL = 70;
+
+/**
+ * Last resort: an error nothing handled leaves the process in an unknown state (a connection,
+ * a token session or a lock may be half-held), so it logs one fatal line and exits rather than
+ * hang half-alive. The line is pino's shape (level 60) on stdout, written synchronously, and
+ * names the error by name, code and message only: no stack, no cause chain, no configuration.
+ */
+function fatal(kind: 'uncaughtException' | 'unhandledRejection', err: unknown): never {
+  const e = (typeof err === 'object' && err !== null ? err : { message: String(err) }) as { name?: unknown; code?: unknown; message?: unknown };
+  const line = {
+    level: 60,
+    time: Date.now(),
+    pid: process.pid,
+    msg: `${kind}: exiting`,
+    err: {
+      name: typeof e.name === 'string' ? e.name : 'Error',
+      ...(typeof e.code === 'string' || typeof e.code === 'number' ? { code: e.code } : {}),
+      message: typeof e.message === 'string' ? e.message.slice(0, 500) : '',
+    },
+  };
+  try {
+    writeSync(1, `${JSON.stringify(line)}\n`);
+  } finally {
+    process.exit(EXIT_FATAL);
+  }
+}
+process.on('uncaughtException', (err) => fatal('uncaughtException', err));
+process.on('unhandledRejection', (reason) => fatal('unhandledRejection', reason));
 
 /** Process entry: config → app → listen → graceful shutdown. Everything else lives in buildApp. */
 async function main(): Promise<void> {

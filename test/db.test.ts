@@ -676,10 +676,17 @@ t.test('connection failures become DatabaseUnavailableError', async (t) => {
   t.test('translateDbError', async (t) => {
     const withCode = (code: string, props: Record<string, unknown> = {}) =>
       Object.assign(new Error(`error ${code}`), { code }, props);
-    for (const code of ['23505', '42601', '42P01', '23514', 'P0001', 'XX000', '40001']) {
+    for (const code of ['23505', '42601', '42P01', '23514', 'P0001', 'XX000', '22P02']) {
       const err = withCode(code, { severity: 'ERROR' });
       t.equal(translateDbError(err), err, `${code} passes through`);
     }
+    // Timeouts, a peer's lock, the server ending an idle transaction, retryable conflicts.
+    for (const code of ['57014', '55P03', '25P03', '40001', '40P01', '53100', '57P02']) {
+      const out = translateDbError(withCode(code, { severity: 'ERROR' }));
+      t.ok(out instanceof DatabaseUnavailableError, `${code} from the server is unavailable`);
+    }
+    const bug = new TypeError('bad parameter');
+    t.equal(translateDbError(bug), bug, 'a TypeError (a bug) passes through');
     for (const code of ['08006', '08001', '57P01', '57P03', 'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT']) {
       const err = withCode(code);
       const out = translateDbError(err);

@@ -6,6 +6,8 @@ import type { AuditRecord } from './chain.js';
 
 /** How many spool slots a directory offers (one per instance sharing it). */
 const MAX_SLOTS = 64;
+/** Bytes read from the spool at a time during replay. */
+const READ_BLOCK = 1024 * 1024;
 
 /** Wire form of a record in the spool file: one JSON object per line. */
 type SpoolLine = Omit<AuditRecord, 'loggedAt'> & { loggedAt: string };
@@ -20,6 +22,20 @@ function fromLine(text: string): AuditRecord {
   return { ...l, loggedAt: new Date(l.loggedAt) };
 }
 
+/** The spool file reached its size cap (AUDIT_SPOOL_MAX_MB): nothing more is accepted until it drains. */
+export class AuditSpoolFullError extends Error {
+  readonly code = 'AUDIT_SPOOL_FULL';
+  constructor(path: string, maxBytes: number) {
+    super(`the audit spool ${path} reached its cap of ${maxBytes} bytes`);
+    this.name = 'AuditSpoolFullError';
+  }
+}
+
+export interface AuditSpoolOptions {
+  /** Largest spool file in bytes (default 1 GiB); an append that would pass it is refused. */
+  maxBytes?: number;
+}
+
 /**
  * A local, append-only file where audit entries wait while the database cannot take them.
  * Every append is fsync'd before it resolves. Each instance takes a slot (`spool-<n>.jsonl` with
@@ -28,15 +44,23 @@ function fromLine(text: string): AuditRecord {
  */
 export class AuditSpool {
   readonly #dir: string;
+  readonly #maxBytes: number;
+  /** Size of the open spool file (known once it is open). */
+  #size = 0;
   #slot: string | undefined;
   #release: (() => void) | undefined;
   #file: FileHandle | undefined;
   /** Bytes of the file already replayed into the database. */
   #replayed = 0;
+  /** Bytes read from the file past the replayed offset, starting at file offset `#aheadAt`. */
+  #ahead: Buffer = Buffer.alloc(0);
+  #aheadAt = 0;
 
-  constructor(dir: string) {
+  constructor(dir: string, options: AuditSpoolOptions = {}) {
     this.#dir = dir;
+    this.#maxBytes = options.maxBytes ?? 1024 * 1024 * 1024;
   }
+
 
   /** The spool file's path, once a slot is held. */
   get path(): string | undefined {
@@ -87,31 +111,50 @@ export class AuditSpool {
         }
         if (last[0] !== 0x0a) await this.#file.write('\n');
       }
+      this.#size = (await this.#file.stat()).size;
     }
-    await this.#file.write(records.map(toLine).join(''));
+    // Fail closed at the cap: the writer refuses the request (503) instead of filling the disk.
+    const text = records.map(toLine).join('');
+    const bytes = Buffer.byteLength(text);
+    if (this.#size + bytes > this.#maxBytes) throw new AuditSpoolFullError(this.path as string, this.#maxBytes);
+    this.#size += bytes;
+    await this.#file.write(text);
     await this.#file.sync();
   }
 
   /**
    * The next records not yet replayed, in order, and a function that marks them replayed. A
    * torn last line (a crash mid-append) is never returned: it was never acknowledged.
+   *
+   * Linear in the spool: lines are found as bytes (no re-measuring of text), and what was read
+   * beyond this chunk is kept for the next call, so each byte is read from disk about once.
    */
   async next(max: number): Promise<{ records: AuditRecord[]; done: () => void } | undefined> {
     const path = this.path;
     if (!path || !this.pending()) return undefined;
+    const from = this.#replayed;
+    // The read-ahead is valid only if it starts at or before `from` (a chunk not marked done is read again).
+    if (from < this.#aheadAt || from > this.#aheadAt + this.#ahead.length) this.#ahead = Buffer.alloc(0);
+    if (this.#ahead.length === 0) this.#aheadAt = from;
+    const records: AuditRecord[] = [];
+    let pos = from - this.#aheadAt;
     const handle = await open(path, 'r');
     try {
-      const size = (await handle.stat()).size;
-      const chunk = Buffer.alloc(Math.min(size - this.#replayed, 4 * 1024 * 1024));
-      const { bytesRead } = await handle.read(chunk, 0, chunk.length, this.#replayed);
-      const text = chunk.subarray(0, bytesRead).toString('utf8');
-      const records: AuditRecord[] = [];
-      let used = 0;
-      let start = 0;
-      for (let nl = text.indexOf('\n'); nl >= 0 && records.length < max; nl = text.indexOf('\n', start)) {
-        const line = text.slice(start, nl);
-        start = nl + 1;
-        used = Buffer.byteLength(text.slice(0, start));
+      while (records.length < max) {
+        const nl = this.#ahead.indexOf(0x0a, pos);
+        if (nl < 0) {
+          // Keep the partial line, read the next block after it.
+          const rest = this.#ahead.subarray(pos);
+          const block = Buffer.alloc(Math.max(READ_BLOCK, rest.length * 2));
+          const { bytesRead } = await handle.read(block, 0, block.length, this.#aheadAt + this.#ahead.length);
+          if (bytesRead === 0) break;
+          this.#aheadAt += pos;
+          this.#ahead = Buffer.concat([rest, block.subarray(0, bytesRead)]);
+          pos = 0;
+          continue;
+        }
+        const line = this.#ahead.toString('utf8', pos, nl);
+        pos = nl + 1;
         if (line.trim() === '') continue;
         try {
           records.push(fromLine(line));
@@ -119,11 +162,43 @@ export class AuditSpool {
           // A torn line left by a crash mid-write is followed by newer whole lines: skip it.
         }
       }
-      if (used === 0) return undefined;
-      return { records, done: () => void (this.#replayed += used) };
     } finally {
       await handle.close();
     }
+    const used = this.#aheadAt + pos - from;
+    if (used === 0) return undefined;
+    return {
+      records,
+      done: () => {
+        if (this.#replayed === from) this.#replayed = from + used;
+      },
+    };
+  }
+
+  /** Where records the database refused are kept (beside the spool file, one per slot). */
+  get quarantinePath(): string | undefined {
+    return this.#slot && `${this.#slot}.quarantine.jsonl`;
+  }
+
+  /**
+   * Keep a record the database refused (not an outage: the record itself), with why, in the
+   * quarantine file, fsync'd: nothing is lost, and an operator can inspect and re-enter it. The
+   * file counts against the same cap as the spool.
+   */
+  async quarantine(record: AuditRecord, reason: { name: string; code: string | null }): Promise<string> {
+    this.acquire();
+    const path = this.quarantinePath as string;
+    const line = `${JSON.stringify({ quarantinedAt: new Date().toISOString(), reason, record: JSON.parse(toLine(record)) as unknown })}\n`;
+    const handle = await open(path, 'a', 0o600);
+    try {
+      const { size } = await handle.stat();
+      if (size + Buffer.byteLength(line) > this.#maxBytes) throw new AuditSpoolFullError(path, this.#maxBytes);
+      await handle.write(line);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    return path;
   }
 
   /**
@@ -137,8 +212,11 @@ export class AuditSpool {
     if (this.pending() && (await this.next(1))) return false;
     await this.#file?.close();
     this.#file = undefined;
+    this.#size = 0;
     rmSync(path, { force: true });
     this.#replayed = 0;
+    this.#ahead = Buffer.alloc(0);
+    this.#aheadAt = 0;
     return true;
   }
 

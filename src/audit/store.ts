@@ -19,9 +19,6 @@ export interface ChainAnchor extends ChainHead {
 const COLUMNS =
   'id, entry_uid, logged_at, user_id, request_method, request_uri, hawk_id, status_code, keypair_id, ' +
   'client_address, event, actor, detail, seq, prev_hash, hash';
-const PER_ROW = 16;
-/** Postgres takes at most 65535 bind parameters per statement. */
-const MAX_ROWS_PER_INSERT = Math.floor(65535 / PER_ROW);
 
 /** The newest retention anchor, if retention ever removed entries. */
 export async function latestAnchor(db: Queryable): Promise<ChainAnchor | undefined> {
@@ -70,33 +67,37 @@ export async function appendRecords(db: Database, records: readonly AuditRecord[
       hash = next;
       return out;
     });
-    for (let i = 0; i < chained.length; i += MAX_ROWS_PER_INSERT) {
-      const slice = chained.slice(i, i + MAX_ROWS_PER_INSERT);
-      const params: unknown[] = [];
-      const values = slice.map((c) => {
-        const base = params.length;
-        params.push(
-          c.id,
-          c.uid,
-          c.loggedAt,
-          c.userId,
-          c.method,
-          c.uri,
-          c.hawkId,
-          c.statusCode,
-          c.keypairId,
-          c.clientAddress,
-          c.event,
-          c.actor,
-          c.detail === null ? null : JSON.stringify(c.detail),
-          c.seq,
-          c.prevHash,
-          c.hash,
-        );
-        return `(${Array.from({ length: PER_ROW }, (_, k) => `$${base + k + 1}`).join(', ')})`;
-      });
-      await tx.query(`INSERT INTO request_log (${COLUMNS}) VALUES ${values.join(', ')}`, params);
-    }
+    // One SQL text whatever the batch size: each column travels as one text array (portable to
+    // pg and PGlite alike) and is cast back in SQL; hashes as hex.
+    const text = (v: string | number | null) => (v === null ? null : String(v));
+    await tx.query(
+      `INSERT INTO request_log (${COLUMNS})
+       SELECT u.id::bigint, u.uid::uuid, u.logged_at::timestamptz, u.user_id, u.method, u.uri, u.hawk_id,
+              u.status_code::integer, u.keypair_id::uuid, u.client_address, u.event, u.actor, u.detail::jsonb,
+              u.seq::bigint, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex')
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                   $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], $16::text[])
+         AS u(id, uid, logged_at, user_id, method, uri, hawk_id, status_code, keypair_id, client_address, event, actor,
+              detail, seq, prev_hash, hash)`,
+      [
+        chained.map((c) => text(c.id)),
+        chained.map((c) => c.uid),
+        chained.map((c) => c.loggedAt.toISOString()),
+        chained.map((c) => c.userId),
+        chained.map((c) => c.method),
+        chained.map((c) => c.uri),
+        chained.map((c) => c.hawkId),
+        chained.map((c) => text(c.statusCode)),
+        chained.map((c) => c.keypairId),
+        chained.map((c) => c.clientAddress),
+        chained.map((c) => c.event),
+        chained.map((c) => c.actor),
+        chained.map((c) => (c.detail === null ? null : JSON.stringify(c.detail))),
+        chained.map((c) => text(c.seq)),
+        chained.map((c) => c.prevHash.toString('hex')),
+        chained.map((c) => c.hash.toString('hex')),
+      ],
+    );
     return chained.length;
   });
 }
@@ -108,6 +109,9 @@ export async function appendRecords(db: Database, records: readonly AuditRecord[
  */
 export async function trimChain(db: Database, cutoff: Date): Promise<(ChainAnchor & { removed: number }) | undefined> {
   return db.transaction(async (tx) => {
+    // The first run after enabling retention may delete millions of rows: longer than a request's
+    // statement_timeout. Appends meanwhile wait at most lock_timeout, then spool (nothing stalls).
+    await tx.query('SET LOCAL statement_timeout = 0');
     await tx.query('SELECT pg_advisory_xact_lock($1)', [AUDIT_CHAIN_LOCK]);
     // The newest old entry bounds the prefix; the entry after it keeps the chain's tail verifiable.
     const bound = await tx.query<{ seq: unknown }>(

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import type { Database } from '../db/database.js';
+import { sqlState, type Database } from '../db/database.js';
+import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
 import type { AuditRecord } from './chain.js';
 import type { AuditEvent } from './events.js';
@@ -28,6 +29,8 @@ export interface AuditWriterOptions {
 /** Seconds a client should wait when an entry could be neither written nor spooled. */
 const RETRY_AFTER_SECONDS = '5';
 const REPLAY_CHUNK = 1000;
+/** The event recorded when an entry is quarantined (src/audit/spool.ts keeps the entry). */
+export const QUARANTINE_EVENT = 'audit.quarantine';
 
 interface Waiting {
   record: AuditRecord;
@@ -147,17 +150,70 @@ export class AuditWriter {
     }
   }
 
-  async #write(records: AuditRecord[]): Promise<void> {
+  async #write(batch: AuditRecord[]): Promise<void> {
+    let records = batch;
     if (!this.#spooling) {
       try {
         await appendRecords(this.#db, records);
         return;
       } catch (err) {
         if (!this.#spool) throw unavailable('the audit log cannot be written', err);
-        this.#log.warn({ err, entries: records.length }, 'audit entries could not be written to the database; spooling them');
+        if (err instanceof DatabaseUnavailableError) {
+          this.#log.warn({ err, entries: records.length }, 'audit entries could not be written to the database; spooling them');
+        } else {
+          // Not an outage: the database refused something in the batch. Retrying the batch would
+          // fail the same way forever; write the records one by one and quarantine the refused.
+          records = await this.#isolate(records);
+          if (records.length === 0) return;
+          this.#log.warn({ entries: records.length }, 'the database became unavailable while a refused batch was isolated; spooling the rest');
+        }
       }
     }
     await this.#appendToSpool(records);
+  }
+
+  /**
+   * Append `records` one at a time; a record the database refuses (any error but unavailability)
+   * is quarantined and the others go on. Returns the records not written because the database
+   * became unavailable meanwhile (from the first such record on, in order).
+   */
+  async #isolate(records: readonly AuditRecord[]): Promise<AuditRecord[]> {
+    for (let i = 0; i < records.length; i += 1) {
+      const record = records[i] as AuditRecord;
+      try {
+        await appendRecords(this.#db, [record]);
+      } catch (err) {
+        if (err instanceof DatabaseUnavailableError) return records.slice(i);
+        await this.#quarantine(record, err);
+      }
+    }
+    return [];
+  }
+
+  /** Keep a refused record in the spool's quarantine file, say so loudly, and audit that it happened. */
+  async #quarantine(record: AuditRecord, err: unknown): Promise<void> {
+    const spool = this.#spool as AuditSpool;
+    const reason = { name: err instanceof Error ? err.name : 'Error', code: sqlState(err) ?? null };
+    let file: string;
+    try {
+      file = await spool.quarantine(record, reason);
+    } catch (qErr) {
+      this.#log.error({ err: qErr, uid: record.uid }, 'an audit entry the database refused could not be quarantined either; refusing');
+      throw unavailable('the audit entry could be neither written nor quarantined', qErr);
+    }
+    this.#log.error(
+      { err, uid: record.uid, sqlState: reason.code, file },
+      'AUDIT ENTRY QUARANTINED: the database refused it; it is kept in the quarantine file, the other entries go on',
+    );
+    // A refused quarantine event is quarantined without another event: no loop when every insert fails.
+    if (record.event === QUARANTINE_EVENT) return;
+    // Queued, not awaited: this runs inside the drain that will write it.
+    this.record(
+      eventRecord(
+        { event: QUARANTINE_EVENT, actor: 'system', detail: { uid: record.uid, sqlState: reason.code, error: reason.name, file } },
+        new Date(this.#clock()),
+      ),
+    ).catch((qErr: unknown) => this.#log.error({ err: qErr, uid: record.uid }, 'the audit.quarantine event could not be kept'));
   }
 
   #appendToSpool(records: AuditRecord[]): Promise<void> {
@@ -187,7 +243,13 @@ export class AuditWriter {
           const chunk = await spool.next(REPLAY_CHUNK);
           if (chunk) {
             // Duplicates (a crash after a commit, before the offset moved) are skipped by uid.
-            await appendRecords(this.#db, chunk.records);
+            try {
+              await appendRecords(this.#db, chunk.records);
+            } catch (err) {
+              if (err instanceof DatabaseUnavailableError) throw err;
+              // A refused record must not hold the spool up forever: isolate it (see #write).
+              if ((await this.#isolate(chunk.records)).length > 0) throw new DatabaseUnavailableError('database unavailable');
+            }
             chunk.done();
             moved += chunk.records.length;
             continue;
@@ -202,7 +264,7 @@ export class AuditWriter {
         }
         if (moved > 0) this.#log.info({ entries: moved }, 'spooled audit entries replayed into the database');
       } catch (err) {
-        this.#log.warn({ err, replayed: moved }, 'audit spool replay paused; the database is still unavailable');
+        this.#log.warn({ err, replayed: moved }, 'audit spool replay paused; the database is unavailable');
       } finally {
         this.#replaying = undefined;
       }

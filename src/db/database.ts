@@ -16,6 +16,14 @@ export interface Database extends Queryable {
   readonly kind: 'postgres' | 'embedded';
   /** Run `fn` in one transaction: committed when it resolves, rolled back when it throws. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
+  /**
+   * A transaction that waits on something slow while it holds a lock (a key generation holding
+   * its intent row). On Postgres it runs on a small pool of its own, so it never holds a
+   * connection that short queries (decrypts, audit appends) are waiting for. `before` runs on the
+   * same connection just before BEGIN, committed on its own: a row it writes is locked by `fn`
+   * one round trip later, never after a wait for a connection.
+   */
+  longTransaction<T>(fn: (tx: Queryable) => Promise<T>, options?: { before?: (q: Queryable) => Promise<void> }): Promise<T>;
   close(): Promise<void>;
 }
 

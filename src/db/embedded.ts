@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { tryPidLock } from '../pid-lock.js';
 import type { Database, QueryResult, Queryable } from './database.js';
+import { translateDbError } from './unavailable.js';
 
 export interface EmbeddedOptions {
   /** Directory holding the embedded database (created if missing). */
@@ -33,10 +34,19 @@ function lock(dir: string): () => void {
   return result.release;
 }
 
+/**
+ * PGlite's errors are classified like a server's (src/db/unavailable.ts): a full disk (53100, or
+ * ENOSPC from its file layer) or an I/O error is "unavailable, retry later" (503), not a 500.
+ */
 function wrap(db: Pick<PGlite, 'query'>): Queryable {
   return {
     async query<R>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<R>> {
-      const result = await db.query<R>(sql, params as unknown[]);
+      let result: Awaited<ReturnType<typeof db.query<R>>>;
+      try {
+        result = await db.query<R>(sql, params as unknown[]);
+      } catch (err) {
+        throw translateDbError(err);
+      }
       // PGlite reports affectedRows 0 for a SELECT; pg's rowCount is the number of rows returned.
       const returnsRows = (result.fields?.length ?? 0) > 0;
       return { rows: result.rows, rowCount: returnsRows ? result.rows.length : (result.affectedRows ?? 0) };
@@ -58,11 +68,24 @@ export async function openEmbedded(options: EmbeddedOptions): Promise<Database> 
     throw err;
   }
   const direct = wrap(db);
+  const transaction = async <T>(fn: (tx: Queryable) => Promise<T>): Promise<T> => {
+    try {
+      return await db.transaction((tx) => fn(wrap(tx)));
+    } catch (err) {
+      // BEGIN, COMMIT and ROLLBACK are PGlite's own: classify their failures too (a WebAssembly RuntimeError is the engine failing; what `fn`
+      // threw is already classified, or is the caller's own error and passes through).
+      const engine = typeof (err as { severity?: unknown }).severity === 'string' || (err as Error | undefined)?.name === 'RuntimeError';
+      throw engine ? translateDbError(err) : err;
+    }
+  };
   return {
     kind: 'embedded',
     query: direct.query,
-    transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
-      return db.transaction((tx) => fn(wrap(tx)));
+    transaction,
+    // One connection and one process (the lock file): there is no other pool to move to.
+    async longTransaction(fn, opts) {
+      if (opts?.before) await opts.before(direct);
+      return transaction(fn);
     },
     async close() {
       try {

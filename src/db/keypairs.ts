@@ -61,11 +61,6 @@ function fromRaw(row: Raw): KeypairRecord {
   };
 }
 
-/** `$n, $n+1, ...` for an IN list (no array parameters: the same SQL runs on pg and PGlite). */
-function placeholders(from: number, count: number): string {
-  return Array.from({ length: count }, (_, i) => `$${from + i}`).join(', ');
-}
-
 export class KeypairRepository {
   readonly #db: Queryable;
 
@@ -103,8 +98,8 @@ export class KeypairRepository {
 
   async listIn(states: readonly KeypairState[]): Promise<KeypairRecord[]> {
     const { rows } = await this.#db.query<Raw>(
-      `SELECT ${COLUMNS} FROM keypair WHERE state IN (${placeholders(1, states.length)}) ORDER BY date_created, id`,
-      states,
+      `SELECT ${COLUMNS} FROM keypair WHERE state = ANY($1::text[]) ORDER BY date_created, id`,
+      [[...states]],
     );
     return rows.map(fromRaw);
   }
@@ -207,13 +202,12 @@ export class KeypairRepository {
     now: Date,
     deleteAfter?: Date | null,
   ): Promise<KeypairRecord | undefined> {
-    const setDelete = deleteAfter === undefined ? '' : ', delete_after = $4';
-    const params: unknown[] = [id, to, now];
-    if (deleteAfter !== undefined) params.push(deleteAfter);
+    // One SQL text for every call: `from` is an array, and delete_after changes only when given.
     const { rows } = await this.#db.query<Raw>(
-      `UPDATE keypair SET state = $2, state_changed_at = $3${setDelete}
-       WHERE id = $1 AND state IN (${placeholders(params.length + 1, from.length)}) RETURNING ${COLUMNS}`,
-      [...params, ...from],
+      `UPDATE keypair SET state = $2, state_changed_at = $3,
+         delete_after = CASE WHEN $5::boolean THEN $4::timestamptz ELSE delete_after END
+       WHERE id = $1 AND state = ANY($6::text[]) RETURNING ${COLUMNS}`,
+      [id, to, now, deleteAfter ?? null, deleteAfter !== undefined, [...from]],
     );
     return rows[0] ? fromRaw(rows[0]) : undefined;
   }

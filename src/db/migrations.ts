@@ -78,6 +78,10 @@ const MIGRATION_LOCK = 0x5354524e; // 'STRN'
 /** Apply every migration not yet applied, in one transaction, holding an advisory lock. */
 export async function migrate(db: Database, list: readonly Migration[] = migrations): Promise<number[]> {
   return db.transaction(async (tx) => {
+    // A migration may rewrite a large table, and a second starter waits for the first one's:
+    // neither is a stuck peer, so the per-connection limits do not apply here.
+    await tx.query('SET LOCAL statement_timeout = 0');
+    await tx.query('SET LOCAL lock_timeout = 0');
     await tx.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
     await tx.query(`
       CREATE TABLE IF NOT EXISTS schema_migration (

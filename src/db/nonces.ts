@@ -1,7 +1,7 @@
 import type { Queryable } from './database.js';
 import { DatabaseUnavailableError } from './unavailable.js';
 
-/** Claims sent in one statement at most (3 parameters each). */
+/** Claims sent in one statement at most. */
 const MAX_CLAIMS_PER_STATEMENT = 64;
 
 interface PendingClaim {
@@ -66,20 +66,17 @@ export class NonceRepository {
       if (!first.has(key)) first.set(key, c);
     }
     const claims = [...first.values()];
-    const params: unknown[] = [];
-    const rows = claims.map((c) => {
-      params.push(c.hawkId, c.nonce, c.expiresAt);
-      const n = params.length;
-      return `($${n - 2}, $${n - 1}, $${n})`;
-    });
     // Every claim of a batch is made within a moment: the latest `now` decides what has expired.
-    params.push(new Date(Math.max(...claims.map((c) => c.now.getTime()))));
+    const now = new Date(Math.max(...claims.map((c) => c.now.getTime())));
+    // One SQL text whatever the batch size (arrays, not a VALUES list): one prepared statement.
     const { rows: taken } = await this.#db.query<{ hawk_id: string; nonce: string }>(
-      `INSERT INTO hawk_nonce (hawk_id, nonce, expires_at) VALUES ${rows.join(', ')}
+      `INSERT INTO hawk_nonce (hawk_id, nonce, expires_at)
+       SELECT u.hawk_id, u.nonce, u.expires_at::timestamptz
+       FROM unnest($1::text[], $2::text[], $3::text[]) AS u(hawk_id, nonce, expires_at)
        ON CONFLICT (hawk_id, nonce) DO UPDATE SET expires_at = EXCLUDED.expires_at
-       WHERE hawk_nonce.expires_at < $${params.length}
+       WHERE hawk_nonce.expires_at < $4
        RETURNING hawk_id, nonce`,
-      params,
+      [claims.map((c) => c.hawkId), claims.map((c) => c.nonce), claims.map((c) => c.expiresAt.toISOString()), now],
     );
     const won = new Set<PendingClaim>();
     for (const r of taken) {
@@ -101,8 +98,14 @@ export interface NonceGuardOptions {
   /** How long a nonce stays claimed (Hawk's skew on both sides of now). */
   windowMs: number;
   clock?: () => number;
-  /** Most nonces held in memory; the oldest are dropped first (default 250,000). */
+  /** Most nonces held in memory; the oldest are dropped first while the database answers (default 250,000). */
   maxLocal?: number;
+  /**
+   * Most live nonces accepted during an outage and not yet written to the database (default
+   * 100,000: a full Hawk window at over 800 requests a second). When it is reached, or the
+   * memory cache is full, further claims are refused (503) rather than accepted unguarded.
+   */
+  maxUnrecorded?: number;
   /** Told when the database is unavailable and a claim was decided locally. */
   onLocalClaim?: (err: DatabaseUnavailableError) => void;
 }
@@ -121,6 +124,7 @@ export class NonceGuard {
   readonly #windowMs: number;
   readonly #clock: () => number;
   readonly #max: number;
+  readonly #maxUnrecorded: number;
   readonly #onLocal: NonceGuardOptions['onLocalClaim'];
   /** `hawkId \0 nonce` → expiry (ms). Insertion order is expiry order: the window is constant. */
   readonly #local = new Map<string, number>();
@@ -133,6 +137,7 @@ export class NonceGuard {
     this.#windowMs = options.windowMs;
     this.#clock = options.clock ?? Date.now;
     this.#max = options.maxLocal ?? 250_000;
+    this.#maxUnrecorded = options.maxUnrecorded ?? 100_000;
     this.#onLocal = options.onLocalClaim;
   }
 
@@ -152,6 +157,11 @@ export class NonceGuard {
       this.#onLocal?.(err);
       // Two requests racing with one nonce: the second sees the first's entry.
       if (this.#local.has(key)) return false;
+      this.#dropExpiredUnrecorded(this.#clock());
+      // Full: remembering one more would evict a live nonce, which could then be replayed here.
+      if (this.#unrecorded.length >= this.#maxUnrecorded || this.#local.size >= this.#max) {
+        throw new DatabaseUnavailableError('database unavailable and the local nonce guard is full', { cause: err });
+      }
       this.#remember(key, expires);
       this.#unrecorded.push({ hawkId, nonce, expires });
       return true;
@@ -178,6 +188,13 @@ export class NonceGuard {
       const oldest = this.#local.keys().next();
       if (!oldest.done) this.#local.delete(oldest.value);
     }
+  }
+
+  /** Nonces whose window has passed need no record any more (insertion order is expiry order). */
+  #dropExpiredUnrecorded(now: number): void {
+    let n = 0;
+    while (n < this.#unrecorded.length && (this.#unrecorded[n] as { expires: number }).expires <= now) n += 1;
+    if (n > 0) this.#unrecorded.splice(0, n);
   }
 
   #expire(now: number): void {

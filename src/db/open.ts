@@ -8,7 +8,12 @@ import { openPostgres } from './postgres.js';
 export async function openDatabase(config: DatabaseConfig, onIdleError?: (err: Error) => void): Promise<Database> {
   const db =
     config.kind === 'postgres'
-      ? openPostgres({ url: config.url.reveal(), poolSize: config.poolSize, ...(onIdleError && { onIdleError }) })
+      ? openPostgres({
+          url: config.url.reveal(),
+          poolSize: config.poolSize,
+          timeouts: config.timeouts,
+          ...(onIdleError && { onIdleError }),
+        })
       : await openEmbedded({ dataDir: config.dataDir });
   try {
     await migrate(db);

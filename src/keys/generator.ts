@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { encodeRsaPublicKey, modulusBits, type KeyStore } from '../../hsm/index.js';
-import type { Database } from '../db/database.js';
+import type { Database, Queryable } from '../db/database.js';
 import { KeypairRepository, type KeypairRecord, type KeypairState } from '../db/keypairs.js';
 
 export interface KeyGeneratorOptions {
@@ -16,8 +16,9 @@ export type GenerationTarget = { state: 'pool' } | { state: 'enabled'; owner: st
 /**
  * Crash-consistent key generation. The order makes every kill point recoverable:
  * 1. commit a `generating` row under a fresh id (an intent: nobody sees it);
- * 2. generate in the token under that id, holding the row locked (Postgres) so another
- *    instance's reconciliation leaves it alone while this process lives;
+ * 2. generate in the token under that id, holding the row locked (Postgres, on the database's
+ *    separate long-transaction pool) so another instance's reconciliation leaves it alone while
+ *    this process lives;
  * 3. store the public key and the final state in one UPDATE.
  * Killed after 1 or 2, the row stays `generating`; `reconcileGenerating` completes it into the
  * pool when the token has the key and deletes it when it does not. A row whose key the token
@@ -43,7 +44,7 @@ export class KeyGenerator {
     const owner = target.state === 'enabled' ? target.owner : null;
     this.inFlight.add(id);
     try {
-      await new KeypairRepository(this.#db).insertGenerating(id, new Date(this.#clock()));
+      const intent = (q: Queryable) => new KeypairRepository(q).insertGenerating(id, new Date(this.#clock()));
       const run = async (repo: KeypairRepository): Promise<KeypairRecord> => {
         const publicKey = await this.#keyStore.generateRsaKeyPair(id, this.#bits);
         const done = await repo.completeGeneration(id, {
@@ -59,15 +60,23 @@ export class KeyGenerator {
       if (this.#db.kind === 'embedded') {
         // One process per embedded database (a lock file): nobody else reconciles meanwhile, and a
         // transaction would hold PGlite's only connection for the whole generation.
+        await intent(this.#db);
         return await run(new KeypairRepository(this.#db));
       }
-      return await this.#db.transaction(async (tx) => {
-        const repo = new KeypairRepository(tx);
-        if (!(await repo.lockGenerating(id))) {
-          throw new Error(`keypair ${id} was reconciled away before its key was generated`);
-        }
-        return run(repo);
-      });
+      // The row lock is held across the generation (seconds): on the long-transaction pool, so
+      // no connection that decrypts and audit appends need is held meanwhile. The intent is
+      // written on that connection once it is ours, then locked at once: a wait for the
+      // connection never leaves a committed, unlocked intent for another instance to reconcile.
+      return await this.#db.longTransaction(
+        async (tx) => {
+          const repo = new KeypairRepository(tx);
+          if (!(await repo.lockGenerating(id))) {
+            throw new Error(`keypair ${id} was reconciled away before its key was generated`);
+          }
+          return run(repo);
+        },
+        { before: intent },
+      );
     } catch (err) {
       this.inFlight.delete(id);
       // Settle the intent now rather than at the next start: the token says whether the key exists.
