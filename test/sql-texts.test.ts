@@ -24,6 +24,11 @@ function record(i: number): AuditRecord {
     event: null,
     actor: null,
     detail: i % 5 === 0 ? { n: i } : null,
+    face: 'lkm',
+    principalKind: i % 2 === 0 ? 'hawk' : null,
+    principalId: i % 2 === 0 ? 'genesys' : null,
+    subjectKind: null,
+    subjectId: null,
   };
 }
 
@@ -62,8 +67,8 @@ t.test('prepared statements per connection stay fixed whatever the batch sizes',
   const second = await prepared();
   t.comment(`after batches of ten other sizes: ${second}`);
   t.equal(second, first, 'batches of other sizes add no statement');
-  // One per query site used here: the advisory lock (migrate and append share its text), the
-  // schema_migration insert, nonce claim, audit lookup and insert, keypair list and transition.
+  // One per query site used here: the migration lock, the schema_migration insert, nonce claim,
+  // audit head read and the one-statement append, keypair list and transition.
   t.equal(first, 7, 'one statement per query site');
 
   // The fixed texts still do what the variable ones did.
