@@ -17,9 +17,13 @@ export interface ChainAnchor extends ChainHead {
   removedAt: Date;
 }
 
-/** The audit_head row: the chain's end and the last row id given. */
-export interface StoredHead extends ChainHead {
+/** Where the next entry goes: after this seq, hash and row id. */
+export interface HeadPosition extends ChainHead {
   lastId: number;
+}
+
+/** The audit_head row: the chain's end and the last row id given. */
+export interface StoredHead extends HeadPosition {
   /** Rows without a chain position above this id were not written by the chain (see verify). */
   legacyThrough: number;
 }
@@ -34,9 +38,9 @@ export async function latestAnchor(db: Queryable): Promise<ChainAnchor | undefin
 }
 
 /** The chain's end as the database holds it (migration 040 creates the row). */
-export async function readHead(db: Queryable): Promise<StoredHead> {
+export async function readHead(db: Queryable, lock = false): Promise<StoredHead> {
   const { rows } = await db.query<{ seq: unknown; last_id: unknown; hash: unknown; legacy_through: unknown }>(
-    'SELECT seq, last_id, hash, legacy_through FROM audit_head',
+    lock ? 'SELECT seq, last_id, hash, legacy_through FROM audit_head FOR UPDATE' : 'SELECT seq, last_id, hash, legacy_through FROM audit_head',
   );
   const row = rows[0];
   if (!row) throw new Error('audit_head has no row: the audit-v2 migration did not run');
@@ -47,10 +51,12 @@ export async function readHead(db: Queryable): Promise<StoredHead> {
  * The head this process last wrote or read, per database handle: an append needs no read first.
  * Dropped after any failure, so the next append starts from what the database says.
  */
-const heads = new WeakMap<Queryable, StoredHead>();
+const heads = new WeakMap<Queryable, HeadPosition>();
 
-/** Attempts of one append before it is given up as "unavailable" (the writer spools it). */
-const MAX_ATTEMPTS = 100;
+/** Optimistic attempts of one append before it takes the head row's lock (see appendRecords). */
+const OPTIMISTIC_ATTEMPTS = 2;
+/** Attempts in all before it is given up as "unavailable" (the writer spools it). */
+const MAX_ATTEMPTS = 10;
 
 /**
  * One statement, one text whatever the batch size: the head moves from the seq this process
@@ -71,13 +77,13 @@ const APPEND_SQL = `WITH head AS (
          u.keypair_id::uuid, u.client_address, u.event, u.actor, u.detail::jsonb, u.face, u.principal_kind, u.principal_id,
          u.subject_kind, u.subject_id, 2, $1::bigint + u.ord, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex')
   FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-              $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[])
+              $13::text[], $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], $22::text[])
        WITH ORDINALITY AS u(uid, logged_at, user_id, method, uri, hawk_id, status_code, keypair_id, client_address, event, actor,
                             detail, face, principal_kind, principal_id, subject_kind, subject_id, prev_hash, hash, ord)
   WHERE EXISTS (SELECT 1 FROM head)`;
 
 /** Chain `records` after `head` under the current encoding. */
-function chain(records: readonly AuditRecord[], head: StoredHead): ChainedRecord[] {
+function chain(records: readonly AuditRecord[], head: HeadPosition): ChainedRecord[] {
   let { seq, lastId: id, hash } = head;
   return records.map((r) => {
     seq += 1;
@@ -89,7 +95,7 @@ function chain(records: readonly AuditRecord[], head: StoredHead): ChainedRecord
   });
 }
 
-function appendParams(head: StoredHead, chained: readonly ChainedRecord[]): unknown[] {
+function appendParams(head: HeadPosition, chained: readonly ChainedRecord[]): unknown[] {
   const text = (v: string | number | null) => (v === null ? null : String(v));
   const last = chained[chained.length - 1] as ChainedRecord;
   return [
@@ -122,20 +128,31 @@ function appendParams(head: StoredHead, chained: readonly ChainedRecord[]): unkn
  * Appends records to the chain, normally in ONE statement (no transaction, lock or read): the
  * head kept in memory is moved optimistically with the insert (APPEND_SQL). When another
  * instance appended first, zero rows come back: the head is read again and the hashes
- * recomputed. Records already present (a spool replayed after a crash, or a commit whose
+ * recomputed; after a second loss the append waits for the head row's lock instead. Records already present (a spool replayed after a crash, or a commit whose
  * acknowledgement was lost) make the statement fail on entry_uid as a whole; they are looked up
  * and skipped. Returns how many were new.
  */
-export async function appendRecords(db: Queryable, records: readonly AuditRecord[]): Promise<number> {
+export async function appendRecords(db: Database, records: readonly AuditRecord[]): Promise<number> {
   // One uid twice in a batch lands once (the first), as with a replayed spool.
   const seen = new Set<string>();
   let fresh = records.filter((r) => !seen.has(r.uid) && seen.add(r.uid));
   for (let attempt = 0; attempt < MAX_ATTEMPTS && fresh.length > 0; attempt += 1) {
-    const head = heads.get(db) ?? (await readHead(db));
-    const chained = chain(fresh, head);
-    let inserted: number;
+    let written: ChainedRecord[] | undefined;
     try {
-      inserted = (await db.query(APPEND_SQL, appendParams(head, chained))).rowCount;
+      if (attempt < OPTIMISTIC_ATTEMPTS) {
+        const head = heads.get(db) ?? (await readHead(db));
+        const chained = chain(fresh, head);
+        if ((await db.query(APPEND_SQL, appendParams(head, chained))).rowCount > 0) written = chained;
+      } else {
+        // Lost the race twice (busy peers): wait for the head row instead of racing again, so
+        // contention costs a bounded four statements, not a retry per peer's commit.
+        written = await db.transaction(async (tx) => {
+          const head = await readHead(tx, true);
+          const chained = chain(fresh, head);
+          await tx.query(APPEND_SQL, appendParams(head, chained));
+          return chained;
+        });
+      }
     } catch (err) {
       heads.delete(db);
       if (sqlState(err) !== PG_UNIQUE_VIOLATION) throw err;
@@ -148,14 +165,14 @@ export async function appendRecords(db: Queryable, records: readonly AuditRecord
       fresh = fresh.filter((r) => !present.has(r.uid));
       continue;
     }
-    if (inserted === 0) {
-      // Another instance moved the head: start again from where it is now.
+    if (!written) {
+      // Zero rows: another instance moved the head. Start again from where it is now.
       heads.delete(db);
       continue;
     }
-    const last = chained[chained.length - 1] as ChainedRecord;
-    heads.set(db, { seq: last.seq, lastId: last.id, hash: last.hash, legacyThrough: head.legacyThrough });
-    return chained.length;
+    const last = written[written.length - 1] as ChainedRecord;
+    heads.set(db, { seq: last.seq, lastId: last.id, hash: last.hash });
+    return written.length;
   }
   if (fresh.length === 0) return 0;
   throw new DatabaseUnavailableError(`audit append: the chain head moved under every one of ${MAX_ATTEMPTS} attempts`);

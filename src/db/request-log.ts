@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { appendRecords } from '../audit/store.js';
-import { toNumber, type Queryable } from './database.js';
+import { toNumber, type Database, type Queryable } from './database.js';
 
 /** The face whose requests GET /request-log shows. */
 const LKM_FACE = 'lkm';
@@ -69,8 +69,10 @@ export class RequestLogRepository {
    * batching AuditWriter instead; this serves tools and tests).
    */
   async insert(e: RequestLogEntry): Promise<void> {
+    const db = this.#db as Partial<Database>;
+    if (typeof db.transaction !== 'function') throw new TypeError('RequestLogRepository.insert needs a Database, not a transaction');
     const keypairId = e.keypairId === null ? null : e.keypairId.toLowerCase();
-    await appendRecords(this.#db, [
+    await appendRecords(db as Database, [
       {
         uid: randomUUID(),
         loggedAt: e.loggedAt,
