@@ -98,6 +98,8 @@ async function adminAuth(app: FastifyInstance, opts: AdminAuthOptions): Promise<
         detail: match ? 'wrong admin token' : 'no bearer token',
       });
     }
+    // The token names no person: its audit principal is the token itself.
+    request.auditPrincipal = { kind: 'admin-token', id: 'admin' };
   });
 }
 

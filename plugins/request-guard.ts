@@ -82,6 +82,11 @@ export function clientErrorHandler(getApp: () => FastifyInstance | undefined) {
       event: 'request.refused',
       actor: 'unauthenticated',
       detail: { code, parserError: typeof err.code === 'string' ? err.code.slice(0, 64) : 'unknown' },
+      face: 'core',
+      principalKind: null,
+      principalId: null,
+      subjectKind: null,
+      subjectId: null,
     });
   };
 }

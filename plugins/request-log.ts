@@ -13,13 +13,23 @@ export interface RequestLogSink {
 
 export interface RequestLogOptions {
   sink: RequestLogSink;
+  /** The face whose requests this scope logs (`lkm`, `admin`, …): GET /request-log shows only `lkm`'s. */
+  face: string;
   clock?: () => number;
+}
+
+/** Who authenticated a request, for its audit entry. */
+export interface AuditPrincipalRef {
+  kind: string;
+  id: string;
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
     /** The keypair a request concerned, for the request log (set by the route). */
     auditKeypairId: string | null;
+    /** Who authenticated, when not Hawk (set by the auth plugin, e.g. admin-auth). */
+    auditPrincipal: AuditPrincipalRef | null;
   }
   interface FastifyInstance {
     /** Decides which refusals before authentication are written in full (see refusalLog). */
@@ -71,20 +81,28 @@ function headerValue(value: string | string[] | undefined): string | undefined {
   return v === undefined || v === '' ? undefined : v.slice(0, MAX_FIELD);
 }
 
-function requestRecord(request: FastifyRequest, reply: FastifyReply, now: () => Date): AuditRecord {
+function requestRecord(request: FastifyRequest, reply: FastifyReply, face: string, now: () => Date): AuditRecord {
+  const keypairId = request.auditKeypairId === null ? null : request.auditKeypairId.toLowerCase();
+  const hawkId = request.hawk?.id ?? null;
+  const principal = request.auditPrincipal ?? (hawkId === null ? null : { kind: 'hawk', id: hawkId });
   return {
     uid: randomUUID(),
     loggedAt: receivedAt.get(request) ?? now(),
     userId: headerValue(request.headers[USER_ID_HEADER]) ?? NO_USER_ID,
     method: request.method,
     uri: (request.raw.url ?? request.url).slice(0, 2048),
-    hawkId: request.hawk?.id ?? null,
+    hawkId,
     statusCode: reply.statusCode,
-    keypairId: request.auditKeypairId === null ? null : request.auditKeypairId.toLowerCase(),
+    keypairId,
     clientAddress: clientAddress(request),
     event: null,
     actor: null,
     detail: null,
+    face,
+    principalKind: principal?.kind ?? null,
+    principalId: principal?.id ?? null,
+    subjectKind: keypairId === null ? null : 'keypair',
+    subjectId: keypairId,
   };
 }
 
@@ -102,6 +120,7 @@ async function requestLog(app: FastifyInstance, opts: RequestLogOptions): Promis
   const clock = opts.clock ?? Date.now;
   const now = () => new Date(clock());
   app.decorateRequest('auditKeypairId', null);
+  app.decorateRequest('auditPrincipal', null);
 
   app.addHook('onRequest', async (request) => {
     receivedAt.set(request, now());
@@ -110,7 +129,7 @@ async function requestLog(app: FastifyInstance, opts: RequestLogOptions): Promis
   app.addHook('onSend', async (request, reply, payload) => {
     if (app.hasDecorator('refusals') && app.refusals.decision(request) === false) return payload;
     try {
-      await opts.sink.record(requestRecord(request, reply, now));
+      await opts.sink.record(requestRecord(request, reply, opts.face, now));
       return payload;
     } catch (err) {
       // Replace the answer here rather than throw: the error handler would run onSend again.
@@ -372,6 +391,12 @@ export function auditRefusedBeforeRouting(request: FastifyRequest, status: numbe
     event: 'request.refused',
     actor: 'unauthenticated',
     detail: { code },
+    // Refused before any route: no face's scope saw it.
+    face: 'core',
+    principalKind: null,
+    principalId: null,
+    subjectKind: null,
+    subjectId: null,
   };
   if (!app.refusals.recordUnrouted(record)) quiet(request);
 }

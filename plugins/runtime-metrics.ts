@@ -44,7 +44,7 @@ export async function runtimeMetrics(app: FastifyInstance, opts: RuntimeMetricsO
   delay.enable();
   let since = Date.now();
   app.addHook('onClose', async () => delay.disable());
-  await app.register(requestLog, { sink: app.auditWriter });
+  await app.register(requestLog, { sink: app.auditWriter, face: 'admin' });
   await app.register(adminAuth, { token: opts.adminToken });
 
   app.get('/runtime', async (): Promise<RuntimeSnapshot> => {

@@ -3,7 +3,7 @@
 // `strongroom audit verify`; retention removes old entries behind an anchor and the rest still
 // verifies; two instances on one database keep one chain; concurrent requests share commits.
 import t from 'tap';
-import { GENESIS_HASH, hashRecord } from '../src/audit/chain.js';
+import { GENESIS_HASH, hashRecordV2 } from '../src/audit/chain.js';
 import { trimChain } from '../src/audit/store.js';
 import { verifyChain } from '../src/audit/verify.js';
 import { toNumber } from '../src/db/database.js';
@@ -123,11 +123,11 @@ t.test('altered, deleted, reordered and slipped-in rows are each named', async (
   // A forger who alters a row and re-computes its hash still breaks the link to the next one.
   const victim = n - 1;
   const row = await h.db.query<Record<string, unknown>>(
-    'SELECT id, seq, entry_uid, logged_at, user_id, request_method, request_uri, hawk_id, status_code, keypair_id, client_address, event, actor, detail, prev_hash, hash FROM request_log WHERE seq = $1',
+    'SELECT id, seq, entry_uid, logged_at, user_id, request_method, request_uri, hawk_id, status_code, keypair_id, client_address, event, actor, detail, face, principal_kind, principal_id, subject_kind, subject_id, prev_hash, hash FROM request_log WHERE seq = $1',
     [victim],
   );
   const r = row.rows[0] as Record<string, unknown>;
-  const forged = hashRecord(
+  const forged = hashRecordV2(
     {
       uid: r.entry_uid as string,
       loggedAt: r.logged_at as Date,
@@ -141,6 +141,11 @@ t.test('altered, deleted, reordered and slipped-in rows are each named', async (
       event: r.event as string | null,
       actor: r.actor as string | null,
       detail: r.detail as Record<string, unknown> | null,
+      face: r.face as string | null,
+      principalKind: r.principal_kind as string | null,
+      principalId: r.principal_id as string | null,
+      subjectKind: r.subject_kind as string | null,
+      subjectId: r.subject_id as string | null,
     },
     victim,
     toNumber(r.id),

@@ -235,6 +235,11 @@ const dbR = await createDatabase('fault_r');
       event: null,
       actor: null,
       detail: null,
+      face: 'lkm',
+      principalKind: null,
+      principalId: null,
+      subjectKind: null,
+      subjectId: null,
     })),
   );
   await seed.close();
@@ -281,6 +286,9 @@ for (const mode of ['fast', 'immediate'] as StopMode[]) {
     await holder.connect();
     holder.on('error', () => undefined);
     await holder.query('SELECT pg_advisory_lock($1)', [AUDIT_CHAIN_LOCK]);
+    // Appends wait on the chain head row (what a peer's append holds while its statement runs).
+    await holder.query('BEGIN');
+    await holder.query('SELECT seq FROM audit_head FOR UPDATE');
     const r = await startServer(`r-${mode}`, tokens.r, dbR, { KEY_POOL_SIZE: '0', AUDIT_RETENTION_DAYS: '1' });
     const from = answers.length;
     // Requests whose audit appends queue behind the lock (and the registration's event).

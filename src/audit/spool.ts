@@ -17,9 +17,12 @@ function toLine(r: AuditRecord): string {
   return `${JSON.stringify(line)}\n`;
 }
 
+/** Fields added by audit v2: a line spooled by an older build lacks them (it is replayed with nulls). */
+const V2_FIELDS = { face: null, principalKind: null, principalId: null, subjectKind: null, subjectId: null } as const;
+
 function fromLine(text: string): AuditRecord {
   const l = JSON.parse(text) as SpoolLine;
-  return { ...l, loggedAt: new Date(l.loggedAt) };
+  return { ...V2_FIELDS, ...l, loggedAt: new Date(l.loggedAt) };
 }
 
 /** The spool file reached its size cap (AUDIT_SPOOL_MAX_MB): nothing more is accepted until it drains. */

@@ -3,7 +3,7 @@ import { sqlState, type Database } from '../db/database.js';
 import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
 import type { AuditRecord } from './chain.js';
-import type { AuditEvent } from './events.js';
+import { faceOf, principalOf, type AuditEvent } from './events.js';
 import type { AuditSpool } from './spool.js';
 import { appendRecords } from './store.js';
 
@@ -40,8 +40,20 @@ interface Waiting {
 
 const silent: AuditLogger = { info() {}, warn() {}, error() {} };
 
-/** A request or event as a chain record with a fresh uid. */
+/** What an event concerned: its own subject, else its keypair, else the credential a `credential.*` event names. */
+function subjectOf(event: AuditEvent, keypairId: string | null): { kind: string; id: string } | null {
+  if (event.subject) return event.subject;
+  if (keypairId) return { kind: 'keypair', id: keypairId };
+  const id = event.detail?.id;
+  if (event.event.startsWith('credential.') && typeof id === 'string') return { kind: 'credential', id };
+  return null;
+}
+
+/** An event as a chain record with a fresh uid, its face, principal and subject filled in. */
 export function eventRecord(event: AuditEvent, at: Date): AuditRecord {
+  const keypairId = event.keypairId ? event.keypairId.toLowerCase() : null;
+  const principal = principalOf(event.actor);
+  const subject = subjectOf(event, keypairId);
   return {
     uid: randomUUID(),
     loggedAt: at,
@@ -50,11 +62,16 @@ export function eventRecord(event: AuditEvent, at: Date): AuditRecord {
     uri: null,
     hawkId: null,
     statusCode: null,
-    keypairId: event.keypairId ? event.keypairId.toLowerCase() : null,
+    keypairId,
     clientAddress: null,
     event: event.event,
     actor: event.actor,
     detail: event.detail ?? null,
+    face: event.face ?? faceOf(principal),
+    principalKind: principal?.kind ?? null,
+    principalId: principal?.id ?? null,
+    subjectKind: subject?.kind ?? null,
+    subjectId: subject?.id ?? null,
   };
 }
 

@@ -3,6 +3,7 @@ import { migration002 } from './migration-002-keys.js';
 import { migration003 } from './migration-003-audit.js';
 import { migration010 } from './migration-010-signs-query.js';
 import { migration030 } from './migration-030-auth.js';
+import { migration040 } from './migration-040-audit-v2.js';
 
 export interface Migration {
   version: number;
@@ -70,6 +71,7 @@ export const migrations: readonly Migration[] = [
   migration003,
   migration010,
   migration030,
+  migration040,
 ];
 
 /** Arbitrary constant: the advisory lock that serialises migrations across instances. */

@@ -2,6 +2,9 @@ import { createHash, randomUUID } from 'node:crypto';
 import { appendRecords } from '../audit/store.js';
 import { toNumber, type Database, type Queryable } from './database.js';
 
+/** The face whose requests GET /request-log shows. */
+const LKM_FACE = 'lkm';
+
 export interface RequestLogEntry {
   /** The caller's claim from `PureCloud-User-Id` (not covered by the Hawk MAC). */
   userId: string;
@@ -62,12 +65,13 @@ export class RequestLogRepository {
   }
 
   /**
-   * Append one request entry to the audit chain directly, in its own transaction (the service
-   * goes through the batching AuditWriter instead; this serves tools and tests).
+   * Append one LKM request entry to the audit chain directly (the service goes through the
+   * batching AuditWriter instead; this serves tools and tests).
    */
   async insert(e: RequestLogEntry): Promise<void> {
     const db = this.#db as Partial<Database>;
     if (typeof db.transaction !== 'function') throw new TypeError('RequestLogRepository.insert needs a Database, not a transaction');
+    const keypairId = e.keypairId === null ? null : e.keypairId.toLowerCase();
     await appendRecords(db as Database, [
       {
         uid: randomUUID(),
@@ -77,18 +81,24 @@ export class RequestLogRepository {
         uri: e.uri,
         hawkId: e.hawkId,
         statusCode: e.statusCode,
-        keypairId: e.keypairId === null ? null : e.keypairId.toLowerCase(),
+        keypairId,
         clientAddress: e.clientAddress,
         event: null,
         actor: null,
         detail: null,
+        face: LKM_FACE,
+        principalKind: e.hawkId === null ? null : 'hawk',
+        principalId: e.hawkId,
+        subjectKind: keypairId === null ? null : 'keypair',
+        subjectId: keypairId,
       },
     ]);
   }
 
   /**
-   * Visible entries (requests after the latest clear; audited events are not requests), newest
-   * first. The clear boundary is read first and passed as a value, so the planner sees it and
+   * Visible entries, newest first: LKM requests after the latest clear. Audited events are not
+   * requests, and other faces' requests (admin API, later JOSE, signing, console) are not the
+   * LKM's; rows from before audit v2 (face NULL) show as before, by having no event. The clear boundary is read first and passed as a value, so the planner sees it and
    * picks the logged_at index (many visible rows) or the primary key (few) instead of guessing.
    */
   async list(q: RequestLogQuery): Promise<LoggedRequest[]> {
@@ -96,7 +106,7 @@ export class RequestLogRepository {
       'SELECT COALESCE(max(cleared_through), 0) AS through FROM request_log_clear',
     );
     const params: unknown[] = [toNumber(boundary.rows[0]?.through ?? 0)];
-    const where = ['id > $1', 'event IS NULL'];
+    const where = ['id > $1', 'event IS NULL', `(face = '${LKM_FACE}' OR face IS NULL)`];
     if (q.earliest) {
       params.push(q.earliest);
       where.push(`logged_at >= $${params.length}`);

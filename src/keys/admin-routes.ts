@@ -32,7 +32,7 @@ function days(request: FastifyRequest): unknown {
 export async function keyAdminRoutes(app: FastifyInstance, opts: KeyAdminRoutesOptions): Promise<void> {
   const { lifecycle } = opts;
   // Admin calls are in the audit chain like every LKM call, refused ones included.
-  await app.register(requestLog, { sink: app.auditWriter, ...(opts.clock && { clock: opts.clock }) });
+  await app.register(requestLog, { sink: app.auditWriter, face: 'admin', ...(opts.clock && { clock: opts.clock }) });
   await app.register(adminAuth, { token: opts.adminToken });
   app.addHook('preHandler', async (request) => {
     const id = (request.params as { id?: unknown } | undefined)?.id;

@@ -109,7 +109,7 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
   app.get('/health', async (_request, reply) => reply.type('text/plain; charset=utf-8').send('OK'));
 
   app.register(async (logged) => {
-    await logged.register(requestLog, { sink: logged.auditWriter, clock: opts.clock });
+    await logged.register(requestLog, { sink: logged.auditWriter, face: 'lkm', clock: opts.clock });
 
     logged.register(async (admin) => {
       await admin.register(adminAuth, { token: opts.adminToken });

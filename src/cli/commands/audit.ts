@@ -6,7 +6,7 @@ import { printJson, say } from '../io.js';
 const verify: Command = {
   words: ['audit', 'verify'],
   synopsis: '',
-  summary: 'check the audit hash chain end to end; exit 0 if intact, else name the first altered, missing or reordered entry and exit 1',
+  summary: 'check the audit hash chain end to end (v1 and v2 entries, up to audit_head); exit 0 if intact, else name the first altered, missing, reordered or foreign entry and exit 1',
   async run({ positionals, io }) {
     if (positionals.length > 0) throw new UsageError('audit verify takes no arguments');
     const result = await withContext(io.env, ({ db }) =>
@@ -28,7 +28,8 @@ const verify: Command = {
       return 1;
     }
     const head = result.head ? `; head seq ${result.head.seq} (id ${result.head.id}) hash ${result.head.hash}` : '';
-    io.stdout.write(`audit chain intact: ${result.checked} entries verified${head}\n`);
+    const versions = `(v1 encoding ${result.byVersion.v1}, v2 ${result.byVersion.v2})`;
+    io.stdout.write(`audit chain intact: ${result.checked} entries verified ${versions}${head}\n`);
     return 0;
   },
 };
