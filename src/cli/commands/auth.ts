@@ -1,5 +1,5 @@
 import { CredentialRepository } from '../../db/credentials.js';
-import { CredentialService } from '../../lkm/credentials.js';
+import { CredentialService } from '../../faces/lkm/credentials.js';
 import { CommandFailed, UsageError, type Command } from '../command.js';
 import { withContext } from '../context.js';
 import { confirm, printJson, printTable, say } from '../io.js';

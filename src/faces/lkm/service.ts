@@ -1,8 +1,9 @@
-import { HsmError, type KeyStore, type RsaPadding } from '../../hsm/index.js';
-import type { KeypairRecord, KeypairRepository, KeypairRow, KeypairState } from '../db/keypairs.js';
-import { DatabaseUnavailableError } from '../db/unavailable.js';
-import { AppError } from '../errors.js';
-import type { KeyGenerator } from '../keys/generator.js';
+import { HsmError, type KeyStore, type RsaPadding } from '../../../hsm/index.js';
+import type { KeypairRecord, KeypairRepository, KeypairRow, KeypairState } from '../../db/keypairs.js';
+import { DatabaseUnavailableError } from '../../db/unavailable.js';
+import { AppError } from '../../errors.js';
+import type { KeyGenerator } from '../../keys/generator.js';
+import { isUuid } from '../../core/uuid.js';
 
 /** The only key size the Local Key Manager generates (Genesys Cloud expects RSA-3072). */
 export const LKM_MODULUS_BITS = 3072;
@@ -59,13 +60,8 @@ const DEFAULT_STATE_TTL_MS = 2_000;
 const DEFAULT_MISS_TTL_MS = 1_000;
 const VISIBLE = new Set<KeypairState>(['enabled', 'disabled', 'pending_deletion']);
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** RFC 4648 §4 alphabet; padding optional, as Java's Base64 decoder accepts. */
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-
-export function isUuid(value: unknown): value is string {
-  return typeof value === 'string' && UUID.test(value);
-}
 
 function decodeBase64(text: string): Buffer | undefined {
   if (!BASE64.test(text)) return undefined;

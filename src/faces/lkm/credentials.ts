@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
-import { HsmError, type KeyStore } from '../../hsm/index.js';
-import type { CredentialRepository, HawkAlgorithm } from '../db/credentials.js';
-import { DatabaseUnavailableError } from '../db/unavailable.js';
-import { AppError } from '../errors.js';
+import { HsmError, type KeyStore } from '../../../hsm/index.js';
+import type { CredentialRepository, HawkAlgorithm } from '../../db/credentials.js';
+import { DatabaseUnavailableError } from '../../db/unavailable.js';
+import { AppError } from '../../errors.js';
 
 /** The answer of POST /auth and `strongroom auth register`: the only time the key is shown. */
 export interface RegisteredCredential {
