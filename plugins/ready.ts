@@ -40,8 +40,8 @@ async function check(fn: () => Promise<unknown>, timeoutMs: number): Promise<Che
 /**
  * GET /ready: may this instance take traffic? Unlike /health (liveness, always `OK` while the
  * process runs) it checks the database (`SELECT 1`), the token login (a pooled session is
- * logged in) and a canary operation (seal and open a random value with the token's secrets
- * key). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
+ * logged in), a canary operation (seal and open a random value with the token's secrets
+ * key) and each check a face added (`CoreContext.addReadinessCheck`). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
  * Unauthenticated: it answers no more than which dependency is down, and one round of checks
  * (one canary seal and open) serves every caller for `cacheMs`, concurrent ones included, so
  * calling it in a loop cannot take token sessions away from decrypts.
