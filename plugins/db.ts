@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import fp from 'fastify-plugin';
 import type { DatabaseConfig } from '../src/config.js';
 import type { Database } from '../src/db/database.js';
+import type { MigrationSet } from '../src/db/migrations.js';
 import { openDatabase } from '../src/db/open.js';
 
 declare module 'fastify' {
@@ -13,6 +14,8 @@ declare module 'fastify' {
 export interface DbPluginOptions {
   /** Open (and migrate) this database; the app closes it in onClose... */
   config?: DatabaseConfig;
+  /** ...with these components' migrations (default: the core's only). */
+  migrations?: readonly MigrationSet[];
   /** ...or use one the caller owns. */
   db?: Database;
 }
@@ -22,7 +25,7 @@ async function dbPlugin(app: FastifyInstance, opts: DbPluginOptions): Promise<vo
   let db = opts.db;
   if (!db) {
     if (!opts.config) throw new Error('db: give either config or db');
-    const owned = await openDatabase(opts.config, (err) => app.log.warn({ err }, 'idle database connection failed'));
+    const owned = await openDatabase(opts.config, (err) => app.log.warn({ err }, 'idle database connection failed'), opts.migrations);
     app.addHook('onClose', async () => owned.close());
     app.log.info({ kind: owned.kind }, 'database ready');
     db = owned;

@@ -68,12 +68,28 @@ export function toAppError(err: unknown): AppError {
   return new AppError('INTERNAL_ERROR', { cause: err });
 }
 
-function send(reply: FastifyReply, error: AppError): FastifyReply {
+/**
+ * How a scope writes an error body: a face's own format (the LKM's `{"message","status"}`, an
+ * OAuth2 `{"error","error_description"}`, an HTML page). Status, the `strongroom-error-code`
+ * header and the catalogue's headers (Retry-After, WWW-Authenticate) are set before it runs.
+ */
+export interface ErrorBodyFormat {
+  (error: AppError, request: FastifyRequest): { contentType: string; body: string | Buffer | object };
+}
+
+/** Today's body for everything outside a face (the admin API, unknown paths): the LKM's shape. */
+export const messageStatusBody: ErrorBodyFormat = (error) => ({
+  contentType: 'application/json; charset=utf-8',
+  body: { message: error.message, status: error.status },
+});
+
+function send(reply: FastifyReply, error: AppError, request: FastifyRequest, format: ErrorBodyFormat): FastifyReply {
+  const { contentType, body } = format(error, request);
   return reply
     .code(error.status)
     .headers({ ...error.headers, [ERROR_CODE_HEADER]: error.code })
-    .type('application/json; charset=utf-8')
-    .send({ message: error.message, status: error.status });
+    .type(contentType)
+    .send(body);
 }
 
 /**
@@ -84,24 +100,32 @@ function send(reply: FastifyReply, error: AppError): FastifyReply {
  */
 export function frameworkErrors(err: FastifyError, request: FastifyRequest, reply: FastifyReply): void {
   const error = toAppError(err);
-  auditRefusedBeforeRouting(request, error.status, error.code);
+  // Before routing no face has run: only core codes come out of toAppError here.
+  auditRefusedBeforeRouting(request, error.status, error.code as ErrorCode);
   request.log.info({ code: error.code, detail: err.code }, 'request refused before routing');
-  send(reply, error);
+  send(reply, error, request, messageStatusBody);
 }
 
 /**
- * One place maps errors to HTTP: body `{"message","status"}` (the LKM contract), the stable
- * code in a header, no internals in any 5xx. The full error goes to the server log.
+ * Map every error of `scope` (and its 404s) to HTTP in one place: the catalogue's status, the
+ * stable code in a header, no internals in any 5xx, the body in `format`. The full error goes
+ * to the server log. A face calls it in its own scope; the root calls it for what escapes
+ * every face.
  */
-async function errorHandler(app: FastifyInstance): Promise<void> {
-  app.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
+export function useErrorHandler(scope: FastifyInstance, format: ErrorBodyFormat): void {
+  scope.setErrorHandler((err: unknown, request: FastifyRequest, reply: FastifyReply) => {
     const error = toAppError(err);
     // Refusals during shutdown are expected (one per late request): not errors.
     if (error.status >= 500 && error.code !== 'SERVICE_ERR_SHUTTING_DOWN') request.log.error({ err, code: error.code }, 'request failed');
     else request.log.info({ code: error.code, detail: error.detail }, 'request refused');
-    return send(reply, error);
+    return send(reply, error, request, format);
   });
-  app.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => send(reply, new AppError('REQ_ERR_NOT_FOUND')));
+  scope.setNotFoundHandler((request: FastifyRequest, reply: FastifyReply) => send(reply, new AppError('REQ_ERR_NOT_FOUND'), request, format));
+}
+
+/** The root handler: what escapes every face keeps the `{"message","status"}` body. */
+async function errorHandler(app: FastifyInstance): Promise<void> {
+  useErrorHandler(app, messageStatusBody);
 }
 
 export default fp(errorHandler, { name: 'error-handler', fastify: '5.x' });

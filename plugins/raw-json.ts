@@ -10,16 +10,15 @@ declare module 'fastify' {
 }
 
 /**
- * JSON bodies are read as text, kept for payload verification, then parsed with Fastify's own
- * hardened parser (prototype-poisoning keys refused). An empty body is no body. No other
- * content type is accepted.
+ * JSON bodies only, in `scope`: read as text, kept for payload verification, then parsed with
+ * Fastify's own hardened parser (prototype-poisoning keys refused). An empty body is no body.
+ * Any other content type (text/plain included) is 415 Unsupported Media Type. A face calls it
+ * in its own scope; another face there may install other parsers instead.
  */
-async function rawJson(app: FastifyInstance): Promise<void> {
-  const parse = app.getDefaultJsonParser('error', 'error');
-  app.decorateRequest('rawBody', undefined);
-  // JSON only: any other content type (text/plain included) is 415 Unsupported Media Type.
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request: FastifyRequest, body, done) => {
+export function useJsonBodies(scope: FastifyInstance): void {
+  const parse = scope.getDefaultJsonParser('error', 'error');
+  scope.removeAllContentTypeParsers();
+  scope.addContentTypeParser('application/json', { parseAs: 'string' }, (request: FastifyRequest, body, done) => {
     const text = body as string;
     request.rawBody = text;
     if (text.trim() === '') {
@@ -31,6 +30,12 @@ async function rawJson(app: FastifyInstance): Promise<void> {
       else done(null, value);
     });
   });
+}
+
+/** The root's parsers (admin API and whatever is outside every face): JSON only. */
+async function rawJson(app: FastifyInstance): Promise<void> {
+  app.decorateRequest('rawBody', undefined);
+  useJsonBodies(app);
 }
 
 export default fp(rawJson, { name: 'raw-json', fastify: '5.x' });

@@ -10,13 +10,16 @@ export interface ReadyOptions {
   timeoutMs?: number;
   /** How long one round of checks answers every caller (default 1 s). */
   cacheMs?: number;
+  /** Checks faces add, by name (read at each round): resolve = ok. */
+  extraChecks?: ReadonlyMap<string, () => Promise<unknown>>;
 }
 
 export type CheckResult = 'ok' | 'failed' | 'timeout';
 
 export interface Readiness {
   status: 'ready' | 'unavailable' | 'shutting-down';
-  checks: { database: CheckResult; token: CheckResult; canary: CheckResult };
+  /** The core's three, then each face's under its own name. */
+  checks: { database: CheckResult; token: CheckResult; canary: CheckResult; [face: string]: CheckResult };
 }
 
 /** AES-GCM associated data of the canary round trip: never a valid credential context. */
@@ -37,8 +40,8 @@ async function check(fn: () => Promise<unknown>, timeoutMs: number): Promise<Che
 /**
  * GET /ready: may this instance take traffic? Unlike /health (liveness, always `OK` while the
  * process runs) it checks the database (`SELECT 1`), the token login (a pooled session is
- * logged in) and a canary operation (seal and open a random value with the token's secrets
- * key). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
+ * logged in), a canary operation (seal and open a random value with the token's secrets
+ * key) and each check a face added (`CoreContext.addReadinessCheck`). 200 when all pass; 503 naming what failed, and during shutdown so balancers drain.
  * Unauthenticated: it answers no more than which dependency is down, and one round of checks
  * (one canary seal and open) serves every caller for `cacheMs`, concurrent ones included, so
  * calling it in a loop cannot take token sessions away from decrypts.
@@ -58,12 +61,14 @@ export default async function ready(app: FastifyInstance, opts: ReadyOptions): P
   };
 
   const runChecks = async (): Promise<Readiness['checks']> => {
-    const [database, token, canaryResult] = await Promise.all([
+    const extra = [...(opts.extraChecks ?? [])];
+    const [database, token, canaryResult, ...others] = await Promise.all([
       check(() => opts.db.query('SELECT 1'), timeoutMs),
       check(() => opts.keyStore.checkLogin(), timeoutMs),
       check(canary, timeoutMs),
+      ...extra.map(([, fn]) => check(fn, timeoutMs)),
     ]);
-    return { database, token, canary: canaryResult };
+    return { database, token, canary: canaryResult, ...Object.fromEntries(extra.map(([name], i) => [name, others[i] as CheckResult])) };
   };
   // The round in flight, or the last one: reused until `cacheMs` after it settles.
   let last: { checks: Promise<Readiness['checks']>; settledAt: number | undefined } | undefined;
@@ -82,7 +87,7 @@ export default async function ready(app: FastifyInstance, opts: ReadyOptions): P
 
   app.get('/ready', async (request, reply) => {
     const checks = await checksNow();
-    const ok = checks.database === 'ok' && checks.token === 'ok' && checks.canary === 'ok';
+    const ok = Object.values(checks).every((c) => c === 'ok');
     const status: Readiness['status'] = closing ? 'shutting-down' : ok ? 'ready' : 'unavailable';
     if (status !== 'ready') request.log.warn({ checks, status }, 'not ready');
     const body: Readiness = { status, checks };

@@ -9,8 +9,11 @@ export interface RuntimeMetricsOptions {
   /** ADMIN_TOKEN: the figures are for operators and the benchmark, not for Hawk callers. */
   adminToken: Secret | undefined;
   keyStore: KeyStore;
-  /** Requests authenticated by a path-only Hawk MAC, per credential id, since start. */
-  pathOnlyMac: () => Record<string, number>;
+  /**
+   * Sections faces add (read on every call), e.g. the LKM's `hawk`: `pathOnlyMac` counts requests
+   * per credential whose MAC left the query string out, since start.
+   */
+  figures: ReadonlyMap<string, () => unknown>;
 }
 
 /** What GET /runtime answers. Event-loop delay covers the time since start or the last reset. */
@@ -21,8 +24,8 @@ export interface RuntimeSnapshot {
   /** Epoch ms when the event-loop delay window began. */
   since: number;
   keyStore: KeyStoreStats;
-  /** Hawk figures since start: `pathOnlyMac` counts requests whose MAC left the query string out. */
-  hawk: { pathOnlyMac: Record<string, number> };
+  /** The faces' sections (`hawk` from the LKM). */
+  [section: string]: unknown;
 }
 
 /** Sampling interval of the event-loop delay histogram. */
@@ -61,7 +64,7 @@ export async function runtimeMetrics(app: FastifyInstance, opts: RuntimeMetricsO
       },
       since,
       keyStore: opts.keyStore.stats(),
-      hawk: { pathOnlyMac: opts.pathOnlyMac() },
+      ...Object.fromEntries([...opts.figures].map(([name, read]) => [name, read()])),
     };
   });
 

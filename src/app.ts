@@ -6,7 +6,7 @@ import { HsmError, type KeyStore } from '../hsm/index.js';
 import { adminFailureLimit } from '../plugins/admin-auth.js';
 import auditPlugin from '../plugins/audit.js';
 import dbPlugin from '../plugins/db.js';
-import errorHandler, { frameworkErrors } from '../plugins/error-handler.js';
+import errorHandler, { frameworkErrors, useErrorHandler } from '../plugins/error-handler.js';
 import keyStorePlugin from '../plugins/keystore.js';
 import rawJson from '../plugins/raw-json.js';
 import ready from '../plugins/ready.js';
@@ -15,20 +15,14 @@ import requestGuard, { clientErrorHandler } from '../plugins/request-guard.js';
 import { runtimeMetrics } from '../plugins/runtime-metrics.js';
 import shutdown from '../plugins/shutdown.js';
 import type { Config, TlsConfig } from './config.js';
-import { CredentialRepository } from './db/credentials.js';
+import type { CoreContext, EnabledFace } from './core/face.js';
 import type { Database } from './db/database.js';
-import { KeypairRepository } from './db/keypairs.js';
-import { NonceGuard, NonceRepository } from './db/nonces.js';
-import { RequestLogRepository } from './db/request-log.js';
+import { CORE_COMPONENT, migrateAll, migrations, type MigrationSet } from './db/migrations.js';
 import { throttledWarn } from './health/degraded.js';
-import { CredentialService } from './lkm/credentials.js';
-import { lkmRoutes } from './lkm/routes.js';
-import { LKM_MODULUS_BITS, LkmService } from './lkm/service.js';
 import { ensureServiceKeys } from './service-keys.js';
 import { keyAdminRoutes } from './keys/admin-routes.js';
-import { KeyGenerator } from './keys/generator.js';
 import { KeyLifecycle } from './keys/lifecycle.js';
-import { KeyPool } from './keys/pool.js';
+import { KeypairRepository } from './db/keypairs.js';
 import { reconcileKeys } from './keys/reconcile.js';
 
 export interface BuildAppOptions {
@@ -42,10 +36,6 @@ export interface BuildAppOptions {
   /** Where the JSON log goes (default stdout). */
   logStream?: Writable;
 }
-
-/** Hawk's ±skew (seconds); nonces are kept for the whole window on both sides. */
-const HAWK_SKEW_SEC = 60;
-const NONCE_PURGE_INTERVAL_MS = 60_000;
 
 /**
  * What never reaches the log. Fastify's request serializer leaves headers out already; these
@@ -101,9 +91,29 @@ async function requireCustody(app: FastifyInstance, keyStore: KeyStore): Promise
 }
 
 /**
- * The application as a plugin tree: the one place that knows everything. It opens (or is
- * given) the token and the database, creates the token's service keys if they are missing,
- * and mounts the Local Key Manager under /key-management/v1.
+ * Mount one face in its own encapsulated scope under its prefix: its body limit on every route,
+ * its error and 404 bodies, then whatever the face registers (parsers, auth, routes).
+ */
+async function registerFace(app: FastifyInstance, { face, config }: EnabledFace, core: CoreContext): Promise<void> {
+  const bodyLimit = face.bodyLimit(config, core.config);
+  await app.register(
+    async (scope) => {
+      scope.addHook('onRoute', (route) => {
+        route.bodyLimit ??= bodyLimit;
+      });
+      useErrorHandler(scope, face.errorBody);
+      await face.register(scope, core, config);
+    },
+    { prefix: face.prefix },
+  );
+}
+
+/**
+ * The application as a plugin tree: the one place that knows everything. It builds the core
+ * (opens or is given the token and the database, migrates the core and every enabled face,
+ * creates the token's service keys if they are missing, settles interrupted key generations),
+ * mounts each enabled face in its own scope, then the core's routes: the admin API under
+ * /admin/v1 and readiness.
  */
 export async function buildApp(options: BuildAppOptions): Promise<FastifyInstance> {
   const { config } = options;
@@ -141,7 +151,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
   await app.register(errorHandler);
   await app.register(requestGuard);
   await app.register(rawJson);
-  await app.register(dbPlugin, options.db ? { db: options.db } : { config: config.database });
+  const faceMigrations: MigrationSet[] = config.faces.map(({ face }) => ({ component: face.name, migrations: face.migrations }));
+  await app.register(
+    dbPlugin,
+    options.db ? { db: options.db } : { config: config.database, migrations: [{ component: CORE_COMPONENT, migrations }, ...faceMigrations] },
+  );
   await app.register(auditPlugin, { ...config.audit, clock });
   await app.register(refusalLogPlugin, { ...config.refusalSampling, clock });
   await app.register(adminFailureLimit, { ...config.adminFailures, clock });
@@ -162,6 +176,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   const { db, keyStore } = app;
   try {
+    // A database the caller owns has the core schema already; the enabled faces' is applied here.
+    if (options.db && faceMigrations.some((set) => set.migrations.length > 0)) await migrateAll(db, faceMigrations);
     await ensureServiceKeys(db, keyStore);
     await requireCustody(app, keyStore);
     // Settle key generations a killed process left behind before anything generates again.
@@ -171,84 +187,49 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     throw err;
   }
 
+  const readinessChecks = new Map<string, () => Promise<unknown>>();
+  const runtimeFigures = new Map<string, () => unknown>();
+  const keypairListeners: Array<(keypairId: string) => void> = [];
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
   const degraded = throttledWarn(() => app.log);
-  const credentials = new CredentialService({
-    repo: new CredentialRepository(db),
-    onServedStale: (_id, err) => degraded('database unavailable: serving cached Hawk credentials', err),
-    keyStore,
-    clock,
-    onSealedKeyRejected: (id, err) =>
-      app.log.error({ hawkId: id, err }, 'stored Hawk key does not open with this token (wrong token or altered row)'),
-    onMarkFailed: (_id, err) => degraded('could not record that a Hawk credential signs query strings', err),
-  });
-  // Requests authenticated by a path-only MAC, per credential (only ids whose MAC verified).
-  const pathOnlyMac = new Map<string, number>();
-  const keypairs = new KeypairRepository(db);
-  const generator = new KeyGenerator({ db, keyStore, bits: LKM_MODULUS_BITS, clock });
-  const keyPool = new KeyPool({ db, keyStore, generator, size: config.keyPool.size, log: app.log });
-  const service = new LkmService({
-    keyStore,
-    keypairs,
-    generator,
-    usePool: config.keyPool.size > 0,
-    onPoolKeyTaken: () => keyPool.poke(),
-    clock,
-    onMissingKey: (keypairId) =>
-      app.log.warn({ keypairId }, 'the token does not show the key of a keypair the database lists (created by another instance just now, or lost); answering 503 KEY_ERR_NOT_YET_VISIBLE'),
-    onStaleState: (_id, err) => degraded('database unavailable: using cached keypair states', err),
-  });
   const lifecycle = new KeyLifecycle({
-    keypairs,
+    keypairs: new KeypairRepository(db),
     keyStore,
     audit: (event) => app.audit(event),
     clock,
-    onChange: (keypairId) => service.forgetState(keypairId),
+    onChange: (keypairId) => keypairListeners.forEach((listener) => listener(keypairId)),
   });
-  // The pool fills in the background once the app is ready; closing waits for the key in flight.
-  app.addHook('onReady', async () => keyPool.start());
-  app.addHook('preClose', async () => keyPool.stop());
-  const nonceRepo = new NonceRepository(db);
-  const windowMs = 2 * HAWK_SKEW_SEC * 1000;
-  // During a database outage replays are refused by this instance only (see NonceGuard).
-  const nonceGuard = new NonceGuard({
-    repo: nonceRepo,
-    windowMs,
-    clock,
-    onLocalClaim: (err) => degraded('database unavailable: Hawk nonces checked by this instance only', err),
-  });
-  const requestLog = new RequestLogRepository(db);
-
-  const purge = setInterval(() => {
-    nonceRepo.purge(new Date(clock())).catch((err) => app.log.warn({ err }, 'nonce purge failed'));
-  }, NONCE_PURGE_INTERVAL_MS);
-  purge.unref();
-  app.addHook('onClose', async () => clearInterval(purge));
-
-  await app.register(lkmRoutes, {
-    prefix: '/key-management/v1',
-    service,
-    credentials,
-    hawkCredentials: (id: string) => credentials.lookup(id),
-    nonces: {
-      claim: (hawkId: string, nonce: string) => nonceGuard.claim(hawkId, nonce),
-    },
-    requestLog,
-    adminToken: config.adminToken,
-    publicUrl: config.server.publicUrl,
-    hawkFailures: config.hawkFailures,
-    acceptPathOnlyMac: config.hawkAcceptPathOnlyMac,
-    onPathOnlyMac: (id: string) => pathOnlyMac.set(id, (pathOnlyMac.get(id) ?? 0) + 1),
-    clock,
-  });
-  await app.register(keyAdminRoutes, { prefix: '/admin/v1', lifecycle, adminToken: config.adminToken, clock });
-  await app.register(runtimeMetrics, {
-    prefix: '/admin/v1',
-    adminToken: config.adminToken,
+  const core: CoreContext = {
+    config,
+    db,
     keyStore,
-    pathOnlyMac: () => Object.fromEntries(pathOnlyMac),
-  });
-  // Readiness beside /health: public, outside the Hawk and request-log scopes.
-  await app.register(ready, { prefix: '/key-management/v1', db, keyStore });
+    audit: (event) => app.audit(event),
+    clock,
+    log: app.log,
+    degraded: (message, err) => degraded(message, err),
+    isClosing: () => closing,
+    keys: { lifecycle, onChange: (listener) => keypairListeners.push(listener) },
+    addReadinessCheck(name, check) {
+      if (['database', 'token', 'canary'].includes(name) || readinessChecks.has(name)) throw new Error(`readiness check ${name} is already defined`);
+      readinessChecks.set(name, check);
+    },
+    addRuntimeFigures(name, read) {
+      if (['rssBytes', 'heapUsedBytes', 'eventLoopDelayMs', 'since', 'keyStore'].includes(name) || runtimeFigures.has(name)) {
+        throw new Error(`runtime section ${name} is already defined`);
+      }
+      runtimeFigures.set(name, read);
+    },
+  };
+
+  for (const enabled of config.faces) await registerFace(app, enabled, core);
+
+  await app.register(keyAdminRoutes, { prefix: '/admin/v1', lifecycle, adminToken: config.adminToken, clock });
+  await app.register(runtimeMetrics, { prefix: '/admin/v1', adminToken: config.adminToken, keyStore, figures: runtimeFigures });
+  // Readiness: public, outside every face's auth and request-log scopes (its path predates faces).
+  await app.register(ready, { prefix: '/key-management/v1', db, keyStore, extraChecks: readinessChecks });
 
   return app;
 }

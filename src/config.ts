@@ -4,13 +4,17 @@ import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { z } from 'zod';
 import { SOFTHSM_CANDIDATES, findSoftHsmModule } from '../hsm/index.js';
+import type { EnabledFace, Face } from './core/face.js';
+import { knownFaces } from './faces/index.js';
 import { Secret } from './secret.js';
 
 /**
- * The environment strongroom reads, as one schema. Names are a contract (scripts, README).
- * Every field-level rule lives here; rules that span fields or read files follow in `loadConfig`.
+ * The environment the core reads, as one schema; each enabled face adds its own (`Face.configSchema`).
+ * Names are a contract (scripts, README). Every field-level rule lives here; rules that span
+ * fields or read files follow in `loadConfig`.
  */
 export const envSchema = z.object({
+  FACES: z.string().default('lkm'),
   PORT: z.coerce.number().int().min(0).max(65535).default(8080),
   HOST: z.string().default('127.0.0.1'),
   PUBLIC_URL: z
@@ -41,13 +45,9 @@ export const envSchema = z.object({
   BODY_LIMIT: z.coerce.number().int().min(1024).max(1048576).default(16384),
   REQUEST_TIMEOUT_MS: z.coerce.number().int().min(1000).max(600000).default(30000),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-  KEY_POOL_SIZE: z.coerce.number().int().min(0).max(1000).default(4),
   AUDIT_SPOOL_DIR: z.string().optional(),
   AUDIT_RETENTION_DAYS: z.coerce.number().int().min(0).max(36500).default(0),
   AUDIT_SPOOL_MAX_MB: z.coerce.number().int().min(1).max(1_048_576).default(1024),
-  HAWK_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(20),
-  HAWK_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
-  HAWK_ACCEPT_PATH_ONLY_MAC: z.enum(['true', 'false'], { error: 'must be true or false' }).default('true'),
   ADMIN_FAILURE_LIMIT: z.coerce.number().int().min(1).max(100000).default(10),
   ADMIN_FAILURE_WINDOW_SEC: z.coerce.number().int().min(1).max(86400).default(60),
   AUDIT_REFUSALS_PER_ADDRESS: z.coerce.number().int().min(1).max(1000000).default(10),
@@ -71,7 +71,8 @@ export type DatabaseConfig =
     }
   | { kind: 'embedded'; dataDir: string };
 
-export interface Config {
+/** The core's configuration section: what every face shares. */
+export interface CoreConfig {
   server: {
     port: number;
     host: string;
@@ -89,8 +90,6 @@ export interface Config {
   pkcs11: { modulePath: string; tokenLabel: string; pin: Secret; sessions: number; sessionWaitMs: number };
   adminToken: Secret | undefined;
   logLevel: Env['LOG_LEVEL'];
-  /** Unassigned RSA key pairs kept generated ahead in the token (0: generate on request). */
-  keyPool: { size: number };
   audit: {
     /** Where audit entries wait (fsync'd) while the database cannot take them. */
     spoolDir: string;
@@ -104,15 +103,13 @@ export interface Config {
    * the rest are counted in one `auth.refusals` entry per minute.
    */
   refusalSampling: { perAddress: number; perWindow: number };
-  /** Failed Hawk authentications allowed per client address and per id within the window. */
-  hawkFailures: { limit: number; windowSec: number };
-  /**
-   * Accept a Hawk MAC over the path without its query string (the example service's way), except
-   * from a credential that has ever signed a query.
-   */
-  hawkAcceptPathOnlyMac: boolean;
   /** Wrong admin bearer tokens allowed per client address within the window. */
   adminFailures: { limit: number; windowSec: number };
+}
+
+/** The whole configuration: the core section and, in `FACES` order, each enabled face with its own. */
+export interface Config extends CoreConfig {
+  readonly faces: readonly EnabledFace[];
 }
 
 /** Every problem found in the configuration, one line each. */
@@ -126,12 +123,14 @@ export class ConfigError extends Error {
   }
 }
 
-const NAMES = Object.keys(envSchema.shape) as EnvName[];
+/** A face name as `FACES` lists it (also its migration component and table prefix). */
+const FACE_NAME = /^[a-z][a-z0-9]*$/;
 
 /** Only our variables, with empty strings treated as unset (as docker-compose and systemd write them). */
-function pick(env: Record<string, string | undefined>): Record<string, string> {
+function pick(env: Record<string, string | undefined>, faces: readonly Face[]): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const name of NAMES) {
+  const names = new Set([...Object.keys(envSchema.shape), ...faces.flatMap((f) => Object.keys(f.configSchema.shape))]);
+  for (const name of names) {
     const value = env[name];
     if (value !== undefined && value !== '') out[name] = value;
   }
@@ -151,16 +150,46 @@ function parseTrustProxy(value: string | undefined): boolean | number | string[]
 }
 
 /**
- * Validate `env` once and return a frozen Config, or throw ConfigError listing every problem.
- * Nothing else in strongroom reads process.env.
+ * The faces `FACES` names, in its order: an unknown or repeated name is a problem. Only these
+ * faces' variables are validated (a disabled face's settings are not read at all).
  */
-export function loadConfig(env: Record<string, string | undefined>): Config {
-  const raw = pick(env);
+function selectFaces(value: string, known: readonly Face[], problems: string[]): Face[] {
+  const names = value.split(',').map((s) => s.trim()).filter(Boolean);
+  if (names.length === 0) problems.push('FACES: name at least one face');
+  const selected: Face[] = [];
+  for (const name of names) {
+    const face = known.find((f) => f.name === name);
+    if (!face) problems.push(`FACES: unknown face "${name.slice(0, 40)}" (known: ${known.map((f) => f.name).join(', ')})`);
+    else if (selected.includes(face)) problems.push(`FACES: ${name} is listed twice`);
+    else selected.push(face);
+  }
+  return selected;
+}
+
+/**
+ * Validate `env` once and return a frozen Config, or throw ConfigError listing every problem:
+ * the core's and every enabled face's together. `known` is the registry (src/faces/index.ts);
+ * tests add faces of their own. Nothing else in strongroom reads process.env.
+ */
+export function loadConfig(env: Record<string, string | undefined>, known: readonly Face[] = knownFaces()): Config {
+  for (const face of known) {
+    if (!FACE_NAME.test(face.name)) throw new TypeError(`face name ${face.name} is not [a-z][a-z0-9]*`);
+  }
+  const raw = pick(env, known);
   const problems: string[] = [];
   const parsed = envSchema.safeParse(raw);
   if (!parsed.success) {
     for (const issue of parsed.error.issues) problems.push(`${issue.path.join('.')}: ${issue.message}`);
   }
+  const faces = selectFaces(raw.FACES ?? 'lkm', known, problems);
+  const sections = faces.map((face) => {
+    const section = face.configSchema.safeParse(raw);
+    if (!section.success) {
+      for (const issue of section.error.issues) problems.push(`${issue.path.join('.')}: ${issue.message}`);
+      return undefined;
+    }
+    return face.loadConfig(section.data, problems);
+  });
 
   const readFile = (name: EnvName, secret: boolean): string | Buffer | undefined => {
     const path = raw[name];
@@ -219,7 +248,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     };
   }
 
-  const config: Config = {
+  const core: CoreConfig = {
     server: {
       port: e.PORT,
       host: e.HOST,
@@ -252,18 +281,17 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     },
     adminToken: adminToken === undefined ? undefined : new Secret(adminToken),
     logLevel: e.LOG_LEVEL,
-    keyPool: { size: e.KEY_POOL_SIZE },
     audit: {
       spoolDir: resolve(e.AUDIT_SPOOL_DIR ?? resolve(e.DATA_DIR, 'audit-spool')),
       retentionDays: e.AUDIT_RETENTION_DAYS,
       spoolMaxBytes: e.AUDIT_SPOOL_MAX_MB * 1024 * 1024,
     },
-    hawkFailures: { limit: e.HAWK_FAILURE_LIMIT, windowSec: e.HAWK_FAILURE_WINDOW_SEC },
     refusalSampling: { perAddress: e.AUDIT_REFUSALS_PER_ADDRESS, perWindow: e.AUDIT_REFUSALS_PER_MINUTE },
-    hawkAcceptPathOnlyMac: e.HAWK_ACCEPT_PATH_ONLY_MAC === 'true',
     adminFailures: { limit: e.ADMIN_FAILURE_LIMIT, windowSec: e.ADMIN_FAILURE_WINDOW_SEC },
   };
-  return deepFreeze(config);
+  // The face objects themselves are not frozen (zod schemas cache lazily); their sections are.
+  const enabled = faces.map((face, i): EnabledFace => Object.freeze({ face, config: deepFreeze(sections[i]) }));
+  return Object.freeze({ ...deepFreeze(core), faces: Object.freeze(enabled) });
 }
 
 function loadTls(

@@ -1,7 +1,8 @@
 /**
- * The error catalogue: every error a caller can see, with a stable code, its HTTP status and
- * its public message. One handler (plugins/error-handler.ts) turns these into responses.
- * Reference messages of the Local Key Manager contract are kept verbatim.
+ * The core error catalogue: the errors every face shares (request, key store, database, audit,
+ * service, admin API, Hawk), each with a stable code, its HTTP status and its public message.
+ * A face adds its own codes with `defineCatalogue` (src/faces/<face>/errors.ts) and formats
+ * every error body its own way (see plugins/error-handler.ts `useErrorHandler`).
  */
 export const catalogue = {
   // Hawk: one answer for every failure (unknown id, bad MAC, replay, bad header), so ids cannot be probed.
@@ -20,28 +21,10 @@ export const catalogue = {
       'run `strongroom auth register <id>` on the server instead',
   },
 
-  AUTH_ERR_INVALID_ID: {
-    status: 400,
-    message: 'id must be 6 to 128 printable ASCII characters, without spaces, quotes or backslashes',
-  },
-  AUTH_ERR_DUPLICATE_ID: { status: 400, message: 'A credential with this id already exists' },
-
-  KEY_ERR_NOT_FOUND: { status: 400, message: 'No key pair found with the id provided' },
+  // Key lifecycle (admin API, CLI) and what the key store's refusals map to.
   KEY_ERR_KEYPAIR_NOT_FOUND: { status: 404, message: 'No key pair found with the id provided' },
-  KEY_ERR_DECRYPT_FIELDS: { status: 400, message: 'Decrypt body and keypairId must be filled out' },
-  KEY_ERR_INVALID_KEYPAIR_ID: { status: 400, message: 'keypairId must be a UUID' },
-  KEY_ERR_DECRYPT_TYPE: { status: 400, message: 'If provided, decryptType must be either "pkcs1" or null' },
-  KEY_ERR_BODY_NOT_BASE64: { status: 400, message: 'Decrypt body must be standard base64' },
-  KEY_ERR_CIPHERTEXT_LENGTH: { status: 400, message: 'Decrypt body has the wrong length for this key pair' },
   // Every token refusal (padding, wrong key, value out of range) maps here: no padding oracle.
   KEY_ERR_DECRYPT_FAILED: { status: 400, message: 'Decryption failed' },
-  // Key lifecycle (admin API, CLI, and decrypt with a key that is not enabled).
-  KEY_ERR_KEYPAIR_DISABLED: { status: 400, message: 'This key pair is disabled; an administrator must enable it before it can decrypt' },
-  KEY_ERR_KEYPAIR_PENDING_DELETION: {
-    status: 400,
-    message: 'This key pair is scheduled for deletion and cannot decrypt; an administrator can cancel the deletion',
-  },
-  KEY_ERR_KEYPAIR_DELETED: { status: 400, message: 'This key pair has been deleted' },
   KEY_ERR_INVALID_STATE: { status: 409, message: 'The key pair is not in a state that allows this change' },
   KEY_ERR_DELETION_DAYS: { status: 400, message: 'days must be an integer from 7 to 30' },
 
@@ -82,7 +65,29 @@ export const catalogue = {
   INTERNAL_ERROR: { status: 500, message: 'Internal Server Error' },
 } as const satisfies Record<string, { status: number; message: string }>;
 
+/** A code of the core catalogue. */
 export type ErrorCode = keyof typeof catalogue;
+
+/** One catalogue entry: what the caller sees. */
+export interface CatalogueEntry {
+  readonly status: number;
+  readonly message: string;
+}
+
+declare const faceCode: unique symbol;
+/** A code of a face's catalogue: only `defineCatalogue` makes one. */
+export type FaceErrorCode = string & { readonly [faceCode]: true };
+
+/** Every code of every catalogue defined so far: one code means one thing across all faces. */
+const entries = new Map<string, CatalogueEntry & { owner: string }>(
+  Object.entries(catalogue).map(([code, entry]) => [code, { ...entry, owner: 'core' }]),
+);
+
+/** The entry of a code from any catalogue (core or a face's), if one defines it. */
+export function catalogueEntry(code: string): CatalogueEntry | undefined {
+  const entry = entries.get(code);
+  return entry && { status: entry.status, message: entry.message };
+}
 
 export interface AppErrorOptions {
   /** Replaces the catalogue message (same code, same status), e.g. to name a parameter. */
@@ -94,21 +99,49 @@ export interface AppErrorOptions {
   cause?: unknown;
 }
 
-/** An error a caller may see: status and message come from the catalogue. */
+/** An error a caller may see: status and message come from the catalogue that defines its code. */
 export class AppError extends Error {
-  readonly code: ErrorCode;
+  readonly code: ErrorCode | FaceErrorCode;
   readonly status: number;
   readonly headers: Readonly<Record<string, string>>;
   readonly detail: string | undefined;
 
-  constructor(code: ErrorCode, options: AppErrorOptions = {}) {
-    super(options.message ?? catalogue[code].message, options.cause === undefined ? undefined : { cause: options.cause });
+  constructor(code: ErrorCode | FaceErrorCode, options: AppErrorOptions = {}) {
+    const entry = entries.get(code);
+    if (!entry) throw new TypeError(`no catalogue defines the error code ${code}`);
+    super(options.message ?? entry.message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = 'AppError';
     this.code = code;
-    this.status = catalogue[code].status;
+    this.status = entry.status;
     this.headers = options.headers ?? {};
     this.detail = options.detail;
   }
+}
+
+/** A face's catalogue: its entries, and the constructor of its errors. */
+export interface FaceCatalogue<K extends string> {
+  readonly owner: string;
+  readonly entries: Readonly<Record<K, CatalogueEntry>>;
+  /** An AppError with one of this catalogue's codes. */
+  error(code: K, options?: AppErrorOptions): AppError;
+}
+
+/**
+ * Define a face's error codes beside the core ones. A code already defined (by the core or
+ * another face) is refused when the module loads: a code names one error everywhere, in the
+ * `strongroom-error-code` header, the logs and the audit.
+ */
+export function defineCatalogue<K extends string>(owner: string, defined: Record<K, CatalogueEntry>): FaceCatalogue<K> {
+  for (const [code, entry] of Object.entries<CatalogueEntry>(defined)) {
+    const existing = entries.get(code);
+    if (existing && existing.owner !== owner) throw new TypeError(`error code ${code} of ${owner} is already defined by ${existing.owner}`);
+    entries.set(code, { status: entry.status, message: entry.message, owner });
+  }
+  return {
+    owner,
+    entries: Object.freeze({ ...defined }),
+    error: (code, options) => new AppError(code as unknown as FaceErrorCode, options),
+  };
 }
 
 /** Response header carrying the stable code, for operators and clients that want more than the status. */

@@ -7,7 +7,6 @@ import { DatabaseUnavailableError } from '../db/unavailable.js';
 import { AppError } from '../errors.js';
 import { CommandFailed, UsageError, type Command } from './command.js';
 import { auditCommands } from './commands/audit.js';
-import { authCommands } from './commands/auth.js';
 import { backupCommands } from './commands/backup.js';
 import { kekCommands } from './commands/kek.js';
 import { keysCommands } from './commands/keys.js';
@@ -16,9 +15,10 @@ import { doctorCommands } from './commands/doctor.js';
 import { encryptSecretCommands } from './commands/encrypt-secret.js';
 import { legacyCommands } from './commands/legacy.js';
 import { processIo } from './io.js';
+import { knownFaces } from '../faces/index.js';
 
 /** Every command; the usage text lists them in this order. */
-const COMMANDS: Command[] = [...authCommands, ...legacyCommands, ...encryptSecretCommands, ...doctorCommands, ...auditCommands, ...tokenCommands, ...kekCommands, ...backupCommands, ...keysCommands];
+const COMMANDS: Command[] = [...knownFaces().flatMap((face) => face.cli ?? []), ...legacyCommands, ...encryptSecretCommands, ...doctorCommands, ...auditCommands, ...tokenCommands, ...kekCommands, ...backupCommands, ...keysCommands];
 
 const GLOBAL_OPTIONS = {
   help: { type: 'boolean', short: 'h' },

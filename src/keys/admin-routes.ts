@@ -2,7 +2,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import adminAuth from '../../plugins/admin-auth.js';
 import requestLog from '../../plugins/request-log.js';
 import { AppError } from '../errors.js';
-import { isUuid } from '../lkm/service.js';
+import { isUuid } from '../core/uuid.js';
 import type { Secret } from '../secret.js';
 import type { KeyLifecycle } from './lifecycle.js';
 

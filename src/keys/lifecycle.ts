@@ -2,7 +2,7 @@ import type { KeyStore } from '../../hsm/index.js';
 import type { AuditEvent, RecordAuditEvent } from '../audit/events.js';
 import type { KeypairRecord, KeypairRepository, KeypairState } from '../db/keypairs.js';
 import { AppError } from '../errors.js';
-import { isUuid } from '../lkm/service.js';
+import { isUuid } from '../core/uuid.js';
 
 /** The waiting period before a scheduled deletion may be purged (AWS KMS: 7–30 days). */
 export const DELETION_DAYS = { min: 7, max: 30, default: 30 } as const;

@@ -6,6 +6,7 @@ import { Writable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../src/app.js';
 import { loadConfig, type Config } from '../../src/config.js';
+import type { Face } from '../../src/core/face.js';
 import type { Database } from '../../src/db/database.js';
 import { createTestDatabase } from './database.js';
 import { send, type ClientCredential } from './hawk-client.js';
@@ -27,6 +28,8 @@ export interface HarnessOptions {
   listen?: boolean;
   /** Start without ADMIN_TOKEN (POST /auth then answers 403); `register` is unusable. */
   withoutAdminToken?: boolean;
+  /** The faces `FACES` may name (default: the build's own); test/face-registry.test.ts adds one. */
+  faces?: readonly Face[];
 }
 
 export interface Harness {
@@ -87,7 +90,7 @@ export async function startHarness(t: TestLike, options: HarnessOptions = {}): P
     AUDIT_REFUSALS_PER_ADDRESS: '1000000',
     AUDIT_REFUSALS_PER_MINUTE: '10000000',
     ...options.env,
-  });
+  }, options.faces);
   const logs: string[] = [];
   const logStream = new Writable({
     write(chunk, _enc, done) {

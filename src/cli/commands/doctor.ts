@@ -7,7 +7,7 @@ import { ConfigError, loadConfig, type Config, type TlsConfig } from '../../conf
 import { resolveCryptValues } from '../../config-crypt.js';
 import type { Database } from '../../db/database.js';
 import { openEmbedded } from '../../db/embedded.js';
-import { migrations } from '../../db/migrations.js';
+import { CORE_COMPONENT, migrations } from '../../db/migrations.js';
 import { openPostgres } from '../../db/postgres.js';
 import { findKeyInconsistencies } from '../../keys/reconcile.js';
 import { UsageError, type Command } from '../command.js';
@@ -79,7 +79,13 @@ async function checkSchema(db: Database): Promise<DoctorCheck> {
   const known = Math.max(0, ...migrations.map((m) => m.version));
   const { rows } = await db.query<{ exists: boolean }>("SELECT to_regclass('schema_migration') IS NOT NULL AS exists");
   if (!rows[0]?.exists) return { check: 'database', ok: false, detail: `reachable (${db.kind}) but never migrated; start the service once` };
-  const { rows: v } = await db.query<{ newest: number | null }>('SELECT max(version) AS newest FROM schema_migration');
+  // Keyed by component since faces; a table from before them holds the core's rows only.
+  const { rows: c } = await db.query<{ has: boolean }>(
+    "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = 'schema_migration'::regclass AND attname = 'component' AND NOT attisdropped) AS has",
+  );
+  const { rows: v } = await db.query<{ newest: number | null }>(
+    c[0]?.has ? `SELECT max(version) AS newest FROM schema_migration WHERE component = '${CORE_COMPONENT}'` : 'SELECT max(version) AS newest FROM schema_migration',
+  );
   const newest = Number(v[0]?.newest ?? 0);
   if (newest < known) return { check: 'database', ok: false, detail: `schema version ${newest}, this build needs ${known}; start the service to migrate` };
   if (newest > known) return { check: 'database', ok: false, detail: `schema version ${newest} is newer than this build (${known}); upgrade strongroom` };

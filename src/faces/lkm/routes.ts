@@ -1,14 +1,16 @@
 import type {} from '@fastify/sensible';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import adminAuth from '../../plugins/admin-auth.js';
-import hawkAuth, { type HawkCredentialLookup, type HawkNonceStore } from '../../plugins/hawk-auth.js';
-import hawkFailureLimit, { type HawkFailureLimitSettings } from '../../plugins/hawk-failure-limit.js';
-import requestLog from '../../plugins/request-log.js';
-import { requestLogUuid, type LoggedRequest, type RequestLogRepository } from '../db/request-log.js';
-import { AppError } from '../errors.js';
-import type { Secret } from '../secret.js';
+import adminAuth from '../../../plugins/admin-auth.js';
+import hawkAuth, { type HawkCredentialLookup, type HawkNonceStore } from '../../../plugins/hawk-auth.js';
+import hawkFailureLimit, { type HawkFailureLimitSettings } from '../../../plugins/hawk-failure-limit.js';
+import requestLog from '../../../plugins/request-log.js';
+import { requestLogUuid, type LoggedRequest, type RequestLogRepository } from '../../db/request-log.js';
+import { AppError } from '../../errors.js';
+import { lkmErrors } from './errors.js';
+import type { Secret } from '../../secret.js';
 import type { CredentialService } from './credentials.js';
-import { isUuid, type LkmService } from './service.js';
+import { isUuid } from '../../core/uuid.js';
+import type { LkmService } from './service.js';
 
 export interface LkmRoutesOptions {
   service: LkmService;
@@ -158,7 +160,7 @@ export async function lkmRoutes(app: FastifyInstance, opts: LkmRoutesOptions): P
         if (isUuid(body.keypairId)) request.auditKeypairId = body.keypairId;
         const fromQuery = request.query.decryptType;
         if (fromQuery !== undefined && body.decryptType !== undefined && body.decryptType !== null && body.decryptType !== fromQuery) {
-          throw new AppError('KEY_ERR_DECRYPT_TYPE');
+          throw lkmErrors.error('KEY_ERR_DECRYPT_TYPE');
         }
         const plaintext = await service.decrypt({
           keypairId: body.keypairId,

@@ -1,8 +1,10 @@
-import { HsmError, type KeyStore, type RsaPadding } from '../../hsm/index.js';
-import type { KeypairRecord, KeypairRepository, KeypairRow, KeypairState } from '../db/keypairs.js';
-import { DatabaseUnavailableError } from '../db/unavailable.js';
-import { AppError } from '../errors.js';
-import type { KeyGenerator } from '../keys/generator.js';
+import { HsmError, type KeyStore, type RsaPadding } from '../../../hsm/index.js';
+import type { KeypairRecord, KeypairRepository, KeypairRow, KeypairState } from '../../db/keypairs.js';
+import { DatabaseUnavailableError } from '../../db/unavailable.js';
+import { AppError } from '../../errors.js';
+import { lkmErrors } from './errors.js';
+import type { KeyGenerator } from '../../keys/generator.js';
+import { isUuid } from '../../core/uuid.js';
 
 /** The only key size the Local Key Manager generates (Genesys Cloud expects RSA-3072). */
 export const LKM_MODULUS_BITS = 3072;
@@ -59,13 +61,8 @@ const DEFAULT_STATE_TTL_MS = 2_000;
 const DEFAULT_MISS_TTL_MS = 1_000;
 const VISIBLE = new Set<KeypairState>(['enabled', 'disabled', 'pending_deletion']);
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 /** RFC 4648 §4 alphabet; padding optional, as Java's Base64 decoder accepts. */
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
-
-export function isUuid(value: unknown): value is string {
-  return typeof value === 'string' && UUID.test(value);
-}
 
 function decodeBase64(text: string): Buffer | undefined {
   if (!BASE64.test(text)) return undefined;
@@ -151,19 +148,19 @@ export class LkmService {
   async decrypt(input: DecryptInput): Promise<Buffer> {
     const { keypairId, body, decryptType } = input;
     if (typeof keypairId !== 'string' || keypairId === '' || typeof body !== 'string' || body === '') {
-      throw new AppError('KEY_ERR_DECRYPT_FIELDS');
+      throw lkmErrors.error('KEY_ERR_DECRYPT_FIELDS');
     }
     let padding: RsaPadding;
     if (decryptType === undefined || decryptType === null) padding = 'oaep-sha1';
     else if (decryptType === 'pkcs1') padding = 'pkcs1';
-    else throw new AppError('KEY_ERR_DECRYPT_TYPE');
-    if (!isUuid(keypairId)) throw new AppError('KEY_ERR_INVALID_KEYPAIR_ID');
+    else throw lkmErrors.error('KEY_ERR_DECRYPT_TYPE');
+    if (!isUuid(keypairId)) throw lkmErrors.error('KEY_ERR_INVALID_KEYPAIR_ID');
     const ciphertext = decodeBase64(body);
-    if (ciphertext === undefined) throw new AppError('KEY_ERR_BODY_NOT_BASE64');
+    if (ciphertext === undefined) throw lkmErrors.error('KEY_ERR_BODY_NOT_BASE64');
 
     const expected = await this.#usableKeyLength(keypairId);
     if (ciphertext.length !== expected) {
-      throw new AppError('KEY_ERR_CIPHERTEXT_LENGTH', {
+      throw lkmErrors.error('KEY_ERR_CIPHERTEXT_LENGTH', {
         message: `Decrypt body must be ${expected} bytes (an RSA-${expected * 8} ciphertext), not ${ciphertext.length}`,
       });
     }
@@ -230,19 +227,19 @@ export class LkmService {
       }
       entry = await refresh;
     }
-    if (!entry) throw new AppError('KEY_ERR_NOT_FOUND');
+    if (!entry) throw lkmErrors.error('KEY_ERR_NOT_FOUND');
     switch (entry.state) {
       case 'enabled':
         return entry.bytes;
       case 'disabled':
-        throw new AppError('KEY_ERR_KEYPAIR_DISABLED');
+        throw lkmErrors.error('KEY_ERR_KEYPAIR_DISABLED');
       case 'pending_deletion':
-        throw new AppError('KEY_ERR_KEYPAIR_PENDING_DELETION');
+        throw lkmErrors.error('KEY_ERR_KEYPAIR_PENDING_DELETION');
       case 'deleted':
-        throw new AppError('KEY_ERR_KEYPAIR_DELETED');
+        throw lkmErrors.error('KEY_ERR_KEYPAIR_DELETED');
       default:
         // Pool and generating rows are nobody's keypair yet.
-        throw new AppError('KEY_ERR_NOT_FOUND');
+        throw lkmErrors.error('KEY_ERR_NOT_FOUND');
     }
   }
 }

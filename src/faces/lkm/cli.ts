@@ -1,8 +1,8 @@
 import { CredentialRepository } from '../../db/credentials.js';
-import { CredentialService } from '../../lkm/credentials.js';
-import { CommandFailed, UsageError, type Command } from '../command.js';
-import { withContext } from '../context.js';
-import { confirm, printJson, printTable, say } from '../io.js';
+import { CredentialService } from './credentials.js';
+import { CommandFailed, UsageError, type Command } from '../../cli/command.js';
+import { withContext } from '../../cli/context.js';
+import { confirm, printJson, printTable, say } from '../../cli/io.js';
 
 function oneId(positionals: string[], command: string): string {
   if (positionals.length !== 1) throw new UsageError(`${command} takes exactly one argument: the credential id`);

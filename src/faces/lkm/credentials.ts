@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
-import { HsmError, type KeyStore } from '../../hsm/index.js';
-import type { CredentialRepository, HawkAlgorithm } from '../db/credentials.js';
-import { DatabaseUnavailableError } from '../db/unavailable.js';
-import { AppError } from '../errors.js';
+import { HsmError, type KeyStore } from '../../../hsm/index.js';
+import type { CredentialRepository, HawkAlgorithm } from '../../db/credentials.js';
+import { DatabaseUnavailableError } from '../../db/unavailable.js';
+import { AppError } from '../../errors.js';
+import { lkmErrors } from './errors.js';
 
 /** The answer of POST /auth and `strongroom auth register`: the only time the key is shown. */
 export interface RegisteredCredential {
@@ -87,10 +88,10 @@ export class CredentialService {
   }
 
   async register(id: unknown): Promise<RegisteredCredential> {
-    if (typeof id !== 'string' || !ID_PATTERN.test(id)) throw new AppError('AUTH_ERR_INVALID_ID');
+    if (typeof id !== 'string' || !ID_PATTERN.test(id)) throw lkmErrors.error('AUTH_ERR_INVALID_ID');
     const authKey = randomBytes(32).toString('base64url');
     const sealed = await this.#keyStore.sealSecret(Buffer.from(authKey, 'utf8'), sealContext(id));
-    if (!(await this.#repo.insert(id, sealed, 'sha256'))) throw new AppError('AUTH_ERR_DUPLICATE_ID');
+    if (!(await this.#repo.insert(id, sealed, 'sha256'))) throw lkmErrors.error('AUTH_ERR_DUPLICATE_ID');
     this.#cache.delete(id);
     return { id, authKey, algorithm: 'sha256' };
   }
@@ -100,7 +101,7 @@ export class CredentialService {
    * working when each instance's cache entry expires (cacheTtlMs). Undefined when there is none.
    */
   async rotate(id: string): Promise<RegisteredCredential | undefined> {
-    if (!ID_PATTERN.test(id)) throw new AppError('AUTH_ERR_INVALID_ID');
+    if (!ID_PATTERN.test(id)) throw lkmErrors.error('AUTH_ERR_INVALID_ID');
     const row = await this.#repo.find(id);
     if (!row || row.revokedAt !== null) return undefined;
     const authKey = randomBytes(32).toString('base64url');
