@@ -47,6 +47,8 @@ function childrenTicks() {
  *   timeoutSeconds?: number, onStart?: () => void, onEnd?: () => void }} o
  */
 export async function runWrk(o) {
+  // wrk takes whole seconds.
+  if (!Number.isInteger(o.seconds) || o.seconds < 1) throw new Error(`a wrk phase lasts a whole number of seconds, not ${o.seconds}`);
   if (o.seconds > MAX_PHASE_SECONDS) throw new Error(`a wrk phase is at most ${MAX_PHASE_SECONDS} s (Hawk's ±60 s window), not ${o.seconds}`);
   const threads = Math.max(1, Math.min(o.threads ?? 1, o.connections));
   const dir = mkdtempSync(join(tmpdir(), 'strongroom-wrk-'));

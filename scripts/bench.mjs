@@ -61,6 +61,9 @@ for (const [flagName, key] of [['--rounds', 'rounds'], ['--seconds', 'seconds'],
 }
 if (P.seconds > MAX_PHASE_SECONDS) throw new Error(`--seconds is at most ${MAX_PHASE_SECONDS}: every Hawk header of a phase is signed before it starts (±60 s window)`);
 P.rawSeconds = Math.min(P.rawSeconds, P.seconds);
+if (!Number.isInteger(P.seconds) || P.seconds < 1) throw new Error('--seconds is a whole number of seconds (wrk takes no fractions)');
+/** The refilling/not-refilling pair shares one phase's time. */
+const HALF = Math.max(1, Math.round(P.seconds / 2));
 const CORES = availableParallelism();
 const CONCURRENCY = [1, 8, 16, 32];
 const LKM = '/key-management/v1';
@@ -200,21 +203,25 @@ function statFields(path) {
   const stat = readFileSync(path, 'utf8');
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
-/** user + system CPU of one process (all its threads), or of one thread with `tid`, in ms. */
-function procCpuMs(pid, tid) {
+/**
+ * user + system CPU of one process (all its threads), or of one thread with `tid`, in ms;
+ * `withReaped` adds the children it has waited for (cutime + cstime).
+ */
+function procCpuMs(pid, tid, withReaped = false) {
   try {
     const f = statFields(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`);
-    return (Number(f[11]) + Number(f[12])) * TICK_MS;
+    return (Number(f[11]) + Number(f[12]) + (withReaped ? Number(f[13]) + Number(f[14]) : 0)) * TICK_MS;
   } catch {
     return 0; // gone
   }
 }
 /**
  * CPU of the Postgres processes, in ms: the private cluster's postmaster and its children
- * (backends, WAL writer, checkpointer, ...), or every postgres process on a shared server.
+ * (backends, WAL writer, checkpointer, ...) — a backend that exits moves into the postmaster's
+ * reaped-children time, so none is lost —, or every postgres process on a shared server.
  */
 function postgresCpuMs() {
-  let total = cluster ? procCpuMs(cluster.postmaster) : 0;
+  let total = cluster ? procCpuMs(cluster.postmaster, undefined, true) : 0;
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
@@ -630,9 +637,9 @@ try {
     round.manyKeys = await phase(B, 8, bodiesB);
     // Decrypt while the key pool refills vs while it is full.
     await waitPoolFull(A);
-    round.notRefilling = await phase(A, 8, bodiesA, P.seconds / 2);
+    round.notRefilling = await phase(A, 8, bodiesA, HALF);
     for (let i = 0; i < P.pool; i += 1) await hawkFetch(A, 'POST', `${LKM}/keypair`);
-    round.refilling = await phase(A, 8, bodiesA, P.seconds / 2);
+    round.refilling = await phase(A, 8, bodiesA, HALF);
     round.poolAfterRefillRound = await poolCount(A);
     rounds.push(round);
   }
@@ -713,6 +720,7 @@ try {
       ]),
     ),
     ratioServiceToRaw: Object.fromEntries(CONCURRENCY.map((c) => [`c${c}`, ratio((r) => r.service[c].opsPerSec / r.raw.opsPerSec)])),
+    ratioServiceToRawByRound: Object.fromEntries(CONCURRENCY.map((c) => [`c${c}`, rounds.map((r) => r.service[c].opsPerSec / r.raw.opsPerSec)])),
     ratioServiceToMachine: Object.fromEntries(CONCURRENCY.map((c) => [`c${c}`, ratio((r) => r.service[c].opsPerSec / r.machine)])),
     p99c8OverP50c1: svc(8, (s) => s.p99Ms) / svc(1, (s) => s.p50Ms),
     embedded: {
@@ -720,6 +728,7 @@ try {
       p50Ms: median(rounds.map((r) => r.embedded.p50Ms)),
       p99Ms: median(rounds.map((r) => r.embedded.p99Ms)),
       ratioToRaw: ratio((r) => r.embedded.opsPerSec / r.raw.opsPerSec),
+      ratioToRawByRound: rounds.map((r) => r.embedded.opsPerSec / r.raw.opsPerSec),
       serverCpuMsPerDecrypt: median(rounds.map((r) => r.embedded.cpu.perOp.server)),
     },
     keypairPostP50Ms: pct(keypairMs, 50),
@@ -779,6 +788,7 @@ try {
 const f = results.figures;
 const n = (x, d = 0) => (Number.isFinite(x) ? x.toFixed(d) : 'n/a');
 const x = (v) => `${n(v, 2)}×`;
+const byRound = (vs) => vs.map((v) => n(v, 2)).join(' / ');
 const cpuDetail = (u) =>
   `server ${n(u.server, 2)} (main thread ${n(u.serverMainThread, 2)}, other threads ${n(u.serverOtherThreads, 2)}), postgres ${n(u.postgres, 2)}, wrk ${n(u.loader, 2)} ms; whole machine ${n(u.machine, 2)} ms`;
 const ours = (u) => `${n(u.server + u.postgres + u.loader, 2)} ms`;
@@ -789,9 +799,9 @@ const rows = [
     'service: POST /decrypt (Hawk, wrk, bodies checked)',
     `c=${c}`,
     `${n(f.service[`c${c}`].opsPerSec)} ops/s`,
-    `p50 ${n(f.service[`c${c}`].p50Ms, 1)} ms, p99 ${n(f.service[`c${c}`].p99Ms, 1)} ms, ${f.service[`c${c}`].errors} failed; ${x(f.ratioServiceToRaw[`c${c}`])} raw, ${x(f.ratioServiceToMachine[`c${c}`])} machine`,
+    `p50 ${n(f.service[`c${c}`].p50Ms, 1)} ms, p99 ${n(f.service[`c${c}`].p99Ms, 1)} ms, ${f.service[`c${c}`].errors} failed; ${x(f.ratioServiceToRaw[`c${c}`])} raw (rounds ${byRound(f.ratioServiceToRawByRound[`c${c}`])}), ${x(f.ratioServiceToMachine[`c${c}`])} machine`,
   ]),
-  ['embedded (PGlite): POST /decrypt', 'c=16', `${n(f.embedded.opsPerSec)} ops/s`, `p50 ${n(f.embedded.p50Ms, 1)} ms, p99 ${n(f.embedded.p99Ms, 1)} ms; ${x(f.embedded.ratioToRaw)} raw; server CPU ${n(f.embedded.serverCpuMsPerDecrypt, 2)} ms per decrypt`],
+  ['embedded (PGlite): POST /decrypt', 'c=16', `${n(f.embedded.opsPerSec)} ops/s`, `p50 ${n(f.embedded.p50Ms, 1)} ms, p99 ${n(f.embedded.p99Ms, 1)} ms; ${x(f.embedded.ratioToRaw)} raw (rounds ${byRound(f.embedded.ratioToRawByRound)}); server CPU ${n(f.embedded.serverCpuMsPerDecrypt, 2)} ms per decrypt`],
   ['p99 at c=8 / p50 at c=1', '', x(f.p99c8OverP50c1), ''],
   ['POST /keypair, pool warm', 'c=1', `p50 ${n(f.keypairPostP50Ms, 1)} ms`, `p99 ${n(f.keypairPostP99Ms, 1)} ms`],
   ['decrypt while the pool refills / not', 'c=8', `${n(f.decryptRefillingOpsPerSec)} / ${n(f.decryptNotRefillingOpsPerSec)} ops/s`, x(f.ratioRefillingToNot)],
