@@ -54,6 +54,11 @@ ensure_softhsm() {
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 }
 
+# wrk, the C load generator of `npm run bench` (scripts/bench-wrk.mjs calls this when it is missing).
+ensure_wrk() {
+  command -v wrk >/dev/null 2>&1 || apt_install wrk
+}
+
 # npm ci when the lockfile changed since the last install; then prove the native module exists.
 ensure_npm_deps() {
   cd "$ROOT"

@@ -17,6 +17,7 @@ fi
 
 ensure_node
 ensure_softhsm --with-tools
+ensure_wrk
 ensure_npm_deps
 build
 ensure_dev_token
