@@ -660,14 +660,20 @@ try {
   log(`GET /request-log over ${P.logRows} rows`);
   {
     const c = new pg.Client({ connectionString: A.db });
+    c.on('error', () => undefined); // a dropped database ends it; the query that was running reports it
     await c.connect();
-    // Only the columns the first schema has: later migrations' columns stay NULL (event NULL = a request).
+    // Only the columns the first schema has: later migrations' columns stay NULL (event NULL and
+    // face NULL = an LKM request). Negative ids: the audit chain numbers its own rows upwards from
+    // its head, so filler rows must not take ids the service will append under.
     await c.query(
-      `INSERT INTO request_log (user_id, request_method, request_uri, logged_at, hawk_id, status_code)
-       SELECT 'bench-user', 'POST', '${LKM}/decrypt', now() - interval '1 hour' - g * interval '10 milliseconds', $1, 200
+      `INSERT INTO request_log (id, user_id, request_method, request_uri, logged_at, hawk_id, status_code)
+       SELECT -g, 'bench-user', 'POST', '${LKM}/decrypt', now() - interval '1 hour' - g * interval '10 milliseconds', $1, 200
        FROM generate_series(1, $2::int) AS g`,
       [A.credentials.id, P.logRows],
     );
+    // GET /request-log shows ids above the last clear (0 when never cleared): move that mark below
+    // the filler so the listing reads it, as it reads real rows.
+    await c.query(`INSERT INTO request_log_clear (cleared_through, cleared_at) VALUES (-($1::int) - 1, now() - interval '2 hours')`, [P.logRows]);
     await c.query('ANALYZE request_log');
     const { rows } = await c.query('SELECT count(*)::int AS n FROM request_log');
     results.requestLogRows = rows[0].n;
