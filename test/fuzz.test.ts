@@ -91,7 +91,8 @@ async function fullDump(): Promise<string> {
   const dump = await dumpDatabase(h.db);
   return dump.text
     .split('\n')
-    .filter((line) => !line.startsWith('request_log: '))
+    // The request log and its chain head (audit_head moves with every appended entry).
+    .filter((line) => !line.startsWith('request_log: ') && !line.startsWith('audit_head: '))
     .join('\n');
 }
 
