@@ -293,7 +293,9 @@ for (const mode of ['fast', 'immediate'] as StopMode[]) {
     const from = answers.length;
     // Requests whose audit appends queue behind the lock (and the registration's event).
     const pending = Promise.all(Array.from({ length: 4 }, () => call(r, 'create', '/keypair')));
-    const waitDeadline = Date.now() + 10_000;
+    // Each append waits at most DATABASE_LOCK_TIMEOUT_MS (5 s) before it spools, and a loaded
+    // machine may be slow to start the generations: give the appends several chances to be seen.
+    const waitDeadline = Date.now() + 30_000;
     let waiting = 0;
     while (Date.now() < waitDeadline) {
       const { rows } = await holder.query<{ n: string }>(
@@ -301,7 +303,7 @@ for (const mode of ['fast', 'immediate'] as StopMode[]) {
       );
       waiting = Number(rows[0]?.n ?? 0);
       if (waiting > 0) break;
-      await sleep(100);
+      await sleep(50);
     }
     tt.ok(waiting > 0, `${waiting} server transactions wait on the chain lock`);
     await cluster.stop(mode);
