@@ -144,12 +144,14 @@ async function run(runNo) {
     instances.push(inst);
   }
   const [A, B] = instances;
-  const report = { run: runNo, stopMode: runNo % 2 === 0 ? 'immediate' : 'fast', requests: 0, statuses: {}, bad: [], keypairs: 0 };
+  const report = { run: runNo, stopMode: runNo % 2 === 0 ? 'immediate' : 'fast', requests: 0, statuses: {}, keypairs: 0 };
   const count = (s) => (report.statuses[s] = (report.statuses[s] ?? 0) + 1);
   // The first 30 problems in full, the rest counted.
   let problems = 0;
-  report.bad = { push: (m) => (++problems <= 30 ? bad.push(m) : undefined) };
   const bad = [];
+  const problem = (m) => {
+    if (++problems <= 30) bad.push(m);
+  };
 
   let credential;
   const call = async (inst, method, path, body) => {
@@ -162,7 +164,7 @@ async function run(runNo) {
     } catch (err) {
       report.requests++;
       count('transport');
-      report.bad.push(`${inst.name} ${method} ${path}: ${err.cause?.code ?? err.message}`);
+      problem(`${inst.name} ${method} ${path}: ${err.cause?.code ?? err.message}`);
       return { status: 0 };
     }
     const text = await res.text();
@@ -170,7 +172,7 @@ async function run(runNo) {
     count(res.status);
     const code = res.headers.get('strongroom-error-code');
     const ok = res.status === 200 || (res.status === 503 && res.headers.get('retry-after') !== null && code !== null);
-    if (!ok) report.bad.push(`${inst.name} ${method} ${path}: ${res.status} ${code} ${text.slice(0, 160)}`);
+    if (!ok) problem(`${inst.name} ${method} ${path}: ${res.status} ${code} ${text.slice(0, 160)}`);
     return { status: res.status, text, code };
   };
 
@@ -201,7 +203,7 @@ async function run(runNo) {
       const res = await call(inst, 'POST', '/decrypt', { keypairId: kp.id, body: ct.toString('base64') });
       if (res.status !== 200) return res.status;
       const got = Buffer.from(JSON.parse(res.text).body, 'base64');
-      if (!got.equals(msg)) report.bad.push(`${inst.name} decrypt of ${kp.id}: wrong plaintext`);
+      if (!got.equals(msg)) problem(`${inst.name} decrypt of ${kp.id}: wrong plaintext`);
       return 200;
     };
 
@@ -260,7 +262,7 @@ async function run(runNo) {
           if (stopped && startedAgainAt === undefined) break;
           await sleep(200);
         }
-        if (!seen && !(stopped && startedAgainAt === undefined)) report.bad.push(`keypair ${kp.id} from ${at.name} not decryptable at ${other.name} within 5 s`);
+        if (!seen && !(stopped && startedAgainAt === undefined)) problem(`keypair ${kp.id} from ${at.name} not decryptable at ${other.name} within 5 s`);
         keypairs.push(kp);
         report.keypairs++;
         if (startedAgainAt !== undefined && recoveredAfterMs === undefined && seen) recoveredAfterMs = Date.now() - startedAgainAt;
@@ -280,12 +282,12 @@ async function run(runNo) {
           s = await decryptAt(inst, kp);
           if (s !== 200) await sleep(500);
         } while (s !== 200 && Date.now() - t < 15_000);
-        if (s !== 200) report.bad.push(`keypair ${kp.id}: ${inst.name} answered ${s} after recovery`);
+        if (s !== 200) problem(`keypair ${kp.id}: ${inst.name} answered ${s} after recovery`);
       }
     }
     for (const inst of instances) {
       if (inst.exit) {
-        report.bad.push(`${inst.name} exited: ${JSON.stringify(inst.exit)}\n${Buffer.concat(inst.out).toString().slice(-2000)}`);
+        problem(`${inst.name} exited: ${JSON.stringify(inst.exit)}\n${Buffer.concat(inst.out).toString().slice(-2000)}`);
         continue;
       }
       const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${inst.child.pid}/status`, 'utf8'));
@@ -302,7 +304,7 @@ async function run(runNo) {
     report.auditVerify = 'ok';
   } catch (err) {
     report.auditVerify = 'failed';
-    report.bad.push(`audit verify: ${err.stdout}${err.stderr}`);
+    problem(`audit verify: ${err.stdout}${err.stderr}`);
   }
   report.auditRows = Number((await sql(dbUrl.toString(), 'SELECT count(*) AS n FROM request_log')).rows[0].n);
   await sql(server.url, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`).catch(() => undefined);
