@@ -14,29 +14,9 @@ import { toBuffer, toNumber } from '../src/db/database.js';
 import { migrate, migrations } from '../src/db/migrations.js';
 import { RequestLogRepository } from '../src/db/request-log.js';
 import { createEmptyDatabase } from './helpers/database.js';
+import { lkmRequestRecord } from './helpers/audit-record.js';
 
-function record(over: Partial<AuditRecord> = {}): AuditRecord {
-  return {
-    uid: randomUUID(),
-    loggedAt: new Date(),
-    userId: 'genesys-user',
-    method: 'POST',
-    uri: '/key-management/v1/decrypt',
-    hawkId: 'genesys',
-    statusCode: 200,
-    keypairId: null,
-    clientAddress: '127.0.0.1',
-    event: null,
-    actor: null,
-    detail: null,
-    face: 'lkm',
-    principalKind: 'hawk',
-    principalId: 'genesys',
-    subjectKind: null,
-    subjectId: null,
-    ...over,
-  };
-}
+const record = lkmRequestRecord;
 
 /** Write `records` the way the v1 writer did (ids from the sequence, v1 hashes, no v2 columns). */
 async function appendV1(db: Queryable, records: AuditRecord[]): Promise<void> {

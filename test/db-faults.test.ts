@@ -3,7 +3,6 @@
 // it), a statement over statement_timeout, a disk-full SQLSTATE, a record the database refuses
 // (quarantined, the rest go on), a spool at its cap (refused, never lost), and the nonce guard
 // full during an outage (refused, never unguarded).
-import { randomUUID } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -20,6 +19,7 @@ import { openPostgres } from '../src/db/postgres.js';
 import { DatabaseUnavailableError } from '../src/db/unavailable.js';
 import { AppError } from '../src/errors.js';
 import { createTestDatabase } from './helpers/database.js';
+import { lkmRequestRecord } from './helpers/audit-record.js';
 import { freePort } from './helpers/process-util.js';
 
 const { url, db } = await createTestDatabase(t);
@@ -31,25 +31,14 @@ function tmp(prefix: string): string {
 }
 
 function record(userId: string, keypairId: string | null = null): AuditRecord {
-  return {
-    uid: randomUUID(),
-    loggedAt: new Date(),
+  return lkmRequestRecord({
     userId,
     method: 'GET',
     uri: '/key-management/v1/keypair',
-    hawkId: 'genesys',
-    statusCode: 200,
     keypairId,
-    clientAddress: '127.0.0.1',
-    event: null,
-    actor: null,
-    detail: null,
-    face: 'lkm',
-    principalKind: 'hawk',
-    principalId: 'genesys',
     subjectKind: keypairId === null ? null : 'keypair',
     subjectId: keypairId,
-  };
+  });
 }
 
 async function rows(where: string, params: unknown[] = []): Promise<Array<Record<string, unknown>>> {

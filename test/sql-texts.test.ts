@@ -9,27 +9,20 @@ import { migrate } from '../src/db/migrations.js';
 import { KeypairRepository } from '../src/db/keypairs.js';
 import { NonceRepository } from '../src/db/nonces.js';
 import { createEmptyDatabase } from './helpers/database.js';
+import { lkmRequestRecord } from './helpers/audit-record.js';
 
 function record(i: number): AuditRecord {
-  return {
-    uid: randomUUID(),
-    loggedAt: new Date(),
+  const hawk = i % 2 === 0;
+  return lkmRequestRecord({
     userId: `u${i}`,
     method: 'GET',
     uri: '/key-management/v1/keypair',
-    hawkId: i % 2 === 0 ? 'genesys' : null,
-    statusCode: 200,
+    hawkId: hawk ? 'genesys' : null,
     keypairId: i % 3 === 0 ? randomUUID() : null,
-    clientAddress: '127.0.0.1',
-    event: null,
-    actor: null,
     detail: i % 5 === 0 ? { n: i } : null,
-    face: 'lkm',
-    principalKind: i % 2 === 0 ? 'hawk' : null,
-    principalId: i % 2 === 0 ? 'genesys' : null,
-    subjectKind: null,
-    subjectId: null,
-  };
+    principalKind: hawk ? 'hawk' : null,
+    principalId: hawk ? 'genesys' : null,
+  });
 }
 
 t.test('prepared statements per connection stay fixed whatever the batch sizes', async (t) => {
